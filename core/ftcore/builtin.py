@@ -1,0 +1,40 @@
+"""The core's own plugin: chat templates from templates/, core recipes, the hf builder, core strategies and hooks."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from . import hookimpl
+
+
+def _data_files(package: str) -> list[Path]:
+    root = resources.files(package)
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+@hookimpl
+def register_prompt_templates(register) -> None:
+    for path in _data_files("ftcore.templates"):
+        register(path)
+
+
+@hookimpl
+def register_recipes(register) -> None:
+    for path in _data_files("ftcore.recipes"):
+        register(path.stem, str(path))
+
+
+@hookimpl
+def register_model_builders(register) -> None:
+    register("hf", "ftcore.models.hf:build", "any causal LM transformers can load from a local folder")
+
+
+@hookimpl
+def register_strategies(register) -> None:
+    register("single", "ftcore.train.strategy:SingleStrategy", "one process: one CUDA device or the CPU")
+
+
+@hookimpl
+def register_training_hooks(register) -> None:
+    pass

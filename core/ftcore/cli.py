@@ -1,0 +1,215 @@
+"""The ``ftcore`` command line: ``create_cli(app)`` builds the click group; plugins add commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .app import App
+from .errors import FtcoreError
+from .parts import KINDS
+
+OVERRIDES_HELP = "key=value overrides with dotted paths, e.g. train.lr=1e-4 data.pack=false"
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console (imported lazily: rich costs a few ms)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _report_plugin_failures(app: App) -> None:
+    for info in app.pm.failures:
+        click.echo(
+            f"ftcore: plugin {info.name!r} ({info.dist} {info.version}) {info.error} "
+            f"- disable it with FTCORE_DISABLE_PLUGINS={info.name}",
+            err=True,
+        )
+
+
+def _part_rows(app: App, kinds: list[str], pattern: str | None) -> list[dict[str, str]]:
+    rows = []
+    for kind in kinds:
+        for part in app.parts.kind(kind):
+            if pattern and pattern.lower() not in f"{part.name} {part.description}".lower():
+                continue
+            rows.append({"kind": kind, "name": part.name, "plugin": part.owner, "description": part.description})
+    return rows
+
+
+def _list(app: App, kind: str | None, pattern: str | None, as_json: bool) -> None:
+    kinds = [kind] if kind else list(KINDS)
+    rows = _part_rows(app, kinds, pattern)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    out = console()
+    for k in kinds:
+        table = Table(title=k, title_justify="left", show_edge=False)
+        for col in ("name", "plugin", "description"):
+            table.add_column(col)
+        for row in (r for r in rows if r["kind"] == k):
+            table.add_row(row["name"], row["plugin"], row["description"])
+        out.print(table)
+        out.print()
+
+
+def _plugins(app: App, as_json: bool) -> None:
+    infos = sorted(app.pm.infos.values(), key=lambda i: (not i.builtin, i.name))
+    rows = [
+        {
+            "name": i.name,
+            "distribution": i.dist,
+            "version": i.version,
+            "source": i.source,
+            "builtin": i.builtin,
+            "hooks": i.hooks,
+            "error": i.error,
+        }
+        for i in infos
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False)
+    for col in ("plugin", "distribution", "version", "source", "hooks"):
+        table.add_column(col)
+    for r in rows:
+        hooks = ", ".join(h.removeprefix("register_") for h in r["hooks"])
+        if r["error"]:
+            hooks = f"[red]not loaded: {r['error']}[/red]"
+        table.add_row(r["name"], r["distribution"], r["version"], r["source"], hooks)
+    console().print(table)
+
+
+def print_plan(recipe: Any, app: App) -> None:
+    """What ``run`` would build and where it would write, without loading anything heavy."""
+    d = recipe.data
+    m, a, data, t, s = d["model"], d["adapter"], d["data"], d["train"], d["strategy"]
+    quant = "" if m["quantization"] == "none" else f", {m['quantization']} quantized"
+    adapter = "full fine-tune" if a["kind"] == "full" else f"{a['kind']} r={a['r']} alpha={a['alpha']} dropout={a['dropout']} targets={a['targets']}"
+    paths = data["path"] if isinstance(data["path"], list) else [data["path"]]
+    steps = f"{t['max_steps']} steps" if t.get("max_steps") else f"{t['epochs']} epoch(s)"
+    hooks = ", ".join(h["name"] for h in d["hooks"]) or "none"
+    lines = [
+        f"recipe    {recipe.name}  ({recipe.source})",
+        f"model     {m['builder']} from {m['path']}{quant}",
+        f"adapter   {adapter}",
+        f"data      {', '.join(map(str, paths))}",
+        f"          format={data['format']} template={data['template']} max_length={data['max_length']} pack={data['pack']}",
+        f"train     {steps}, lr {t['lr']} ({t['schedule']}, warmup {t['warmup_ratio']}), micro_batch {t['micro_batch']} x grad_accum {t['grad_accum']}, precision {t['precision']}, seed {t['seed']}",
+        f"strategy  {s['name']}",
+        f"hooks     {hooks}",
+        f"work_dir  {d['work_dir']}  (checkpoints every {t['save_every'] or 'end'} steps, keep {t['save_total_limit'] or 'all'})",
+    ]
+    click.echo("\n".join(lines))
+
+
+def create_cli(app: App | None = None) -> click.Group:
+    """The root click group, with the core commands and every plugin's ``register_commands``."""
+    app = app or App()
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="ftcore")
+    @click.pass_context
+    def cli(ctx: click.Context) -> None:
+        """ftcore: fine-tune large language models with LoRA, QLoRA or full training.
+
+        Typical flow: `ftcore list`, `ftcore copy RECIPE`, `ftcore run --recipe RECIPE`,
+        `ftcore chat`, `ftcore merge`.
+        """
+        ctx.obj = app
+        _report_plugin_failures(app)
+
+    @cli.command("list")
+    @click.argument("kind", required=False, type=click.Choice(list(KINDS)))
+    @click.option("-p", "--pattern", help="only parts whose name or description contains this")
+    @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+    def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
+        """List registered parts (recipes, formats, templates, models, strategies, hooks)."""
+        _list(app, kind, pattern, as_json)
+
+    @cli.command("plugins")
+    @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+    def plugins_cmd(as_json: bool) -> None:
+        """List plugins with their version, source and the hooks they implement."""
+        _plugins(app, as_json)
+
+    @cli.command("copy")
+    @click.argument("recipe")
+    @click.argument("dest", required=False, type=click.Path(dir_okay=True, path_type=Path))
+    @click.option("--force", is_flag=True, help="overwrite an existing file")
+    def copy_cmd(recipe: str, dest: Path | None, force: bool) -> None:
+        """Write an editable copy of a registered RECIPE (to DEST or ./RECIPE.yaml)."""
+        from .recipe import read_source
+
+        text, _ = read_source(app.parts.recipes.part(recipe).target)
+        dest = dest or Path(f"{recipe}.yaml")
+        if dest.is_dir():
+            dest = dest / f"{recipe}.yaml"
+        if dest.exists() and not force:
+            raise FtcoreError(f"{dest} already exists", hint="pass --force to overwrite it, or give another DEST")
+        dest.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {dest}; edit it, then: ftcore run --recipe {dest}")
+
+    @cli.command("show")
+    @click.argument("recipe")
+    @click.argument("overrides", nargs=-1)
+    def show_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
+        """Print the fully resolved RECIPE (name or file) after extends and overrides."""
+        from .recipe import load_recipe
+
+        click.echo(load_recipe(recipe, app.parts, overrides).to_yaml(), nl=False)
+
+    @cli.command("run", context_settings={"ignore_unknown_options": False})
+    @click.option("--recipe", "-r", "recipe_ref", required=True, help="a registered recipe name or a YAML file")
+    @click.argument("overrides", nargs=-1)
+    @click.option("--work-dir", help="where checkpoints and logs go (overrides work_dir)")
+    @click.option("--dry-run", is_flag=True, help="validate and print the plan; load nothing")
+    @click.option("--resume", is_flag=False, flag_value="auto", default=None, help="resume: auto (latest checkpoint in work_dir) or a checkpoint PATH")
+    def run_cmd(recipe_ref: str, overrides: tuple[str, ...], work_dir: str | None, dry_run: bool, resume: str | None) -> None:
+        """Fine-tune with a recipe. OVERRIDES are key=value pairs, e.g. train.lr=1e-4."""
+        from .recipe import load_recipe
+
+        recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir)
+        if dry_run:
+            print_plan(recipe, app)
+            return
+        from .train.runner import run_training
+
+        run_training(recipe, app.parts, resume=resume)
+
+    app.pm.hook.register_commands(cli=cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors print one clear message and exit 2."""
+    try:
+        cli = create_cli()
+        cli.main(args=argv, prog_name="ftcore", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FtcoreError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

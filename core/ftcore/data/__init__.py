@@ -1,0 +1,1 @@
+"""The data pipeline: load -> format map -> template -> encode (labels masked) -> pack -> collate."""

@@ -1,0 +1,71 @@
+"""Chat/prompt templates as data: the PromptTemplate record and its YAML loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import FtcoreError
+
+BOS_POLICIES = ("first", "every_turn", "none")
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a conversation becomes text (XTuner-compatible fields).
+
+    A turn renders as ``system.format(system=...)`` (first turn, when a system prompt is
+    given) + ``instruction.format(input=user_text)`` + assistant text + ``suffix``, and
+    turns after the first are preceded by ``sep``. Only the assistant text and ``suffix``
+    (plus EOS when ``suffix_as_eos`` is false) are trained.
+    """
+
+    name: str
+    description: str = ""
+    system: str = ""
+    instruction: str = "{input}"
+    suffix: str = ""
+    suffix_as_eos: bool = False
+    sep: str = ""
+    stop_words: tuple[str, ...] = ()
+    bos: str = "first"
+    default_system: str | None = None
+    #: ``True`` for the ``hf`` template: render with the tokenizer's own Jinja chat_template.
+    use_tokenizer_template: bool = False
+    #: The model's public Jinja chat template equivalent to this one (written on merge).
+    jinja: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bos not in BOS_POLICIES:
+            raise FtcoreError(f"template {self.name!r}: bos must be one of {', '.join(BOS_POLICIES)}, got {self.bos!r}")
+        if not self.use_tokenizer_template and "{input}" not in self.instruction:
+            raise FtcoreError(f"template {self.name!r}: instruction must contain {{input}}")
+        if self.system and "{system}" not in self.system:
+            raise FtcoreError(f"template {self.name!r}: system must contain {{system}}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "<template>") -> "PromptTemplate":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FtcoreError(f"unknown template keys: {', '.join(unknown)}", where=where, hint=f"known keys: {', '.join(sorted(known))}")
+        if "name" not in data:
+            raise FtcoreError("a template needs a name", where=where)
+        data = dict(data)
+        if "stop_words" in data:
+            data["stop_words"] = tuple(data["stop_words"] or ())
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "PromptTemplate":
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise FtcoreError(f"cannot read template: {exc}", where=str(path)) from None
+        if not isinstance(data, dict):
+            raise FtcoreError("a template file must be a YAML mapping", where=str(path))
+        data.setdefault("name", path.stem)
+        return cls.from_dict(data, where=str(path))

@@ -1,0 +1,83 @@
+"""The hook specifications plugins implement; nothing else lives here."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("ftcore")
+
+Register = Callable[..., None]
+
+
+@hookspec
+def register_recipes(register: Register) -> None:
+    """Register training recipes.
+
+    :param register: ``register(name, source, description="")`` where ``source`` is a
+        path to a YAML file, or a ``"package:resource.yaml"`` reference to a YAML file
+        shipped inside a package. Recipes are data and are never executed.
+    """
+
+
+@hookspec
+def register_dataset_formats(register: Register) -> None:
+    """Register dataset formats (map functions from a raw record to messages).
+
+    :param register: ``register(ftcore.data.formats.DatasetFormat(...))``. A format has a
+        ``name``, a ``convert(record) -> dict | None`` function returning
+        ``{"messages": [...]}`` or ``{"text": ...}`` (``None`` drops the record), an
+        optional ``detect(record) -> bool`` used when a recipe names no format, and a
+        one-line ``description``.
+    """
+
+
+@hookspec
+def register_prompt_templates(register: Register) -> None:
+    """Register chat/prompt templates.
+
+    :param register: ``register(template)`` with a
+        ``ftcore.data.template.PromptTemplate``, or ``register(path)`` with a path to
+        a YAML template file (see ``templates/`` for the fields).
+    """
+
+
+@hookspec
+def register_model_builders(register: Register) -> None:
+    """Register model builders (how a recipe's ``model`` section becomes a model).
+
+    :param register: ``register(name, target, description="", options=None)`` where
+        ``target`` is a builder object or a lazy ``"module:attribute"`` reference (so
+        listing parts never imports torch), and ``options`` maps extra ``model.*``
+        recipe keys this builder accepts to ``ftcore.recipe.Field`` specs.
+    """
+
+
+@hookspec
+def register_strategies(register: Register) -> None:
+    """Register training strategies (single device, DDP, DeepSpeed ZeRO, ...).
+
+    :param register: ``register(name, target, description="", options=None)``;
+        ``target`` is a strategy class or a lazy ``"module:attribute"`` reference.
+    """
+
+
+@hookspec
+def register_training_hooks(register: Register) -> None:
+    """Register training hooks that recipes choose by name in ``hooks:``.
+
+    :param register: ``register(name, target, description="", options=None)``;
+        ``target`` is a hook class or a lazy ``"module:attribute"`` reference, and
+        ``options`` describes the keyword arguments a recipe may pass.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``ftcore`` command-line interface.
+
+    :param cli: the root ``click.Group``; call ``cli.add_command(...)`` or use
+        ``@cli.command()``. Import heavy libraries inside the command body, not at
+        module import time, so ``ftcore --help`` stays instant.
+    """

@@ -1,0 +1,1 @@
+"""Model builders, quantisation and adapters (LoRA, QLoRA, full)."""

@@ -1,0 +1,406 @@
+"""Recipes: the schema, YAML loading with line numbers, ``extends``, ``key=value`` overrides, validation."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import FtcoreError, Problem, ValidationError
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One recipe key: accepted types, default, help text, allowed values, registry it names."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    registry: str | None = None
+    nullable: bool = True
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+def F(types: type | tuple[type, ...], default: Any = None, help: str = "", **kw: Any) -> Field:
+    return Field(types if isinstance(types, tuple) else (types,), default, help, **kw)
+
+
+NUM = (int, float)
+STR_OR_LIST = (str, list)
+
+#: The core schema: section -> key -> Field. Builders, strategies and hooks add their own options.
+SCHEMA: dict[str, Any] = {
+    "name": F(str, None, "recipe name (set from the registry name or file name)"),
+    "description": F(str, "", "one line saying what the recipe does"),
+    "extends": F(str, None, "a registered recipe name or a YAML file this recipe builds on"),
+    "work_dir": F(str, None, "where checkpoints and logs go (default ./work_dirs/<name>)"),
+    "distributed": F(bool, True, "whether the recipe may run on several processes"),
+    "model": {
+        "builder": F(str, REQUIRED, "model builder name", registry="models", nullable=False),
+        "path": F(str, REQUIRED, "local folder of the base model (a Hugging Face checkpoint)", nullable=False),
+        "quantization": F(str, "none", "load the base quantized", choices=("none", "nf4", "fp4", "int8")),
+        "double_quant": F(bool, True, "nested quantisation of the NF4 constants"),
+        "dtype": F(str, "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
+        "trust_remote_code": F(bool, False, "run Python code shipped with the checkpoint (off unless you trust it)"),
+        "gradient_checkpointing": F(bool, True, "recompute activations in backward to save memory"),
+        "attn_implementation": F(str, "auto", "attention kernel: auto, sdpa, eager, flash_attention_2, ..."),
+        "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path"),
+    },
+    "adapter": {
+        "kind": F(str, "lora", "lora, qlora (4-bit base + LoRA), or full", choices=("lora", "qlora", "full")),
+        "r": F(int, 64, "LoRA rank"),
+        "alpha": F(NUM, 16, "LoRA alpha"),
+        "dropout": F(NUM, 0.1, "LoRA dropout"),
+        "targets": F(STR_OR_LIST, "all-linear", "'all-linear' (never the LM head) or module names"),
+        "modules_to_save": F(list, None, "modules trained fully next to the adapter"),
+        "bias": F(str, "none", "train biases", choices=("none", "all", "lora_only")),
+    },
+    "data": {
+        "path": F(STR_OR_LIST, REQUIRED, "training file(s): json, jsonl, csv, parquet, xlsx or a save_to_disk folder", nullable=False),
+        "format": F(str, "auto", "dataset format name, or auto to detect it", registry="formats"),
+        "template": F(str, None, "chat template name (none for pretrain data)", registry="templates"),
+        "system": F(str, None, "system prompt added to every sample that has none"),
+        "max_length": F(int, 2048, "tokens per sample (and per packed row)"),
+        "pack": F(bool, True, "pack samples into rows of max_length; attention stays inside each sample"),
+        "shuffle": F(bool, True, "shuffle samples (before packing)"),
+        "max_samples": F(int, None, "use at most this many records"),
+        "on_error": F(str, "raise", "what to do with a bad record", choices=("raise", "skip")),
+        "num_proc": F(int, 1, "processes for tokenisation"),
+        "cache": F(bool, True, "cache processed data on disk"),
+        "cache_dir": F(str, None, "where processed data is cached (default ~/.cache/ftcore/data)"),
+    },
+    "train": {
+        "epochs": F(NUM, 1, "passes over the data (ignored when max_steps is set)"),
+        "max_steps": F(int, None, "optimizer steps to run"),
+        "lr": F(NUM, 2e-4, "peak learning rate"),
+        "schedule": F(str, "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant")),
+        "warmup_ratio": F(NUM, 0.03, "fraction of steps spent warming up"),
+        "min_lr_ratio": F(NUM, 0.0, "final learning rate as a fraction of lr"),
+        "micro_batch": F(int, 1, "rows per forward pass per process"),
+        "grad_accum": F(int, 16, "micro batches per optimizer step"),
+        "max_grad_norm": F(NUM, 1.0, "gradient clipping norm (0 disables)"),
+        "weight_decay": F(NUM, 0.0, "AdamW weight decay"),
+        "betas": F(list, [0.9, 0.999], "AdamW betas"),
+        "optimizer": F(str, "adamw", "optimizer", choices=("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")),
+        "precision": F(str, "auto", "auto (bf16 on GPUs that have it, fp16 otherwise, fp32 on CPU)", choices=("auto", "bf16", "fp16", "fp32")),
+        "seed": F(int, 42, "random seed for data order, dropout and initialisation"),
+        "save_every": F(int, 500, "save a checkpoint every N optimizer steps (0: only at the end)"),
+        "save_total_limit": F(int, 2, "keep this many checkpoints (0 keeps all)"),
+        "log_every": F(int, 1, "log every N optimizer steps"),
+        "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
+    },
+    "strategy": {
+        "name": F(str, "single", "how the run is spread over devices", registry="strategies"),
+        "config": F((dict, str), None, "strategy settings (e.g. DeepSpeed keys, or a JSON file path)"),
+    },
+    "hooks": F(list, [], "training hooks: names or {name: ..., option: value}"),
+}
+
+SECTIONS = [k for k, v in SCHEMA.items() if isinstance(v, dict)]
+
+
+@dataclass
+class Recipe:
+    """A resolved recipe: plain nested data plus where each key came from."""
+
+    data: dict[str, Any]
+    source: str
+    lines: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self.data
+        for piece in dotted.split("."):
+            if not isinstance(node, dict) or piece not in node:
+                return default
+            node = node[piece]
+        return node
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _line_map(node: yaml.Node, filename: str, prefix: str = "", out: dict[str, str] | None = None) -> dict[str, str]:
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            out[path] = f"{filename}:{key_node.start_mark.line + 1}"
+            _line_map(value_node, filename, path, out)
+    return out
+
+
+def parse_yaml(text: str, filename: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Parse recipe YAML safely, returning the data and a key-path -> ``file:line`` map."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        raise FtcoreError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FtcoreError("a recipe must be a YAML mapping of keys to values", where=filename)
+    return data, (_line_map(node, filename) if node is not None else {})
+
+
+def read_source(source: str) -> tuple[str, str]:
+    """Text and display name of a recipe source: a file path or ``package:resource``."""
+    path = Path(source)
+    if path.is_file():
+        return path.read_text(encoding="utf-8"), str(path)
+    if ":" in source and not path.exists():
+        package, _, resource = source.partition(":")
+        try:
+            return resources.files(package).joinpath(resource).read_text(encoding="utf-8"), source
+        except (ModuleNotFoundError, FileNotFoundError) as exc:
+            raise FtcoreError(f"recipe resource {source!r} cannot be read: {exc}") from None
+    raise FtcoreError(f"recipe file {source!r} does not exist")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_chain(ref: str, recipes: Any, chain: list[str]) -> tuple[dict[str, Any], dict[str, str], str]:
+    if ref in chain:
+        raise FtcoreError(f"recipes extend each other in a loop: {' -> '.join(chain + [ref])}")
+    is_file = Path(ref).suffix in (".yaml", ".yml") or Path(ref).is_file()
+    if is_file:
+        text, shown = read_source(ref)
+        name = Path(ref).stem
+    elif recipes is not None and ref in recipes:
+        text, shown = read_source(recipes.part(ref).target)
+        name = ref
+    else:
+        msg = f"no recipe or file called {ref!r}"
+        if recipes is not None:
+            msg = recipes.unknown_message(ref)
+        raise FtcoreError(msg, hint="give a registered recipe name or a path to a .yaml file")
+    data, lines = parse_yaml(text, shown)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise FtcoreError("extends must be a recipe name or a file path", where=lines.get("extends", shown))
+        base_ref = str(Path(shown).parent / parent) if is_file and (Path(shown).parent / parent).is_file() else parent
+        base, base_lines, _ = _load_chain(base_ref, recipes, chain + [ref])
+        data = deep_merge(base, data)
+        lines = {**base_lines, **lines}
+    data.setdefault("name", name)
+    return data, lines, shown
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> (``"a.b"``, typed value); the value is parsed as YAML (numbers, bools, lists)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise FtcoreError(f"override {text!r} is not key=value", hint="e.g. train.lr=1e-4 data.pack=false")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], lines: dict[str, str], overrides: Iterable[str]) -> None:
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for piece in parts[:-1]:
+            if not isinstance(node.get(piece), dict):
+                node[piece] = {}
+            node = node[piece]
+        node[parts[-1]] = value
+        lines[key] = f"override {text!r}"
+
+
+def load_recipe(ref: str, parts: Any = None, overrides: Iterable[str] = (), work_dir: str | None = None) -> Recipe:
+    """Load, merge (``extends``), override and validate a recipe; raise with every problem found."""
+    recipes = parts.recipes if parts is not None else None
+    data, lines, shown = _load_chain(ref, recipes, [])
+    apply_overrides(data, lines, overrides)
+    if work_dir:
+        data["work_dir"] = work_dir
+        lines["work_dir"] = "--work-dir"
+    recipe = Recipe(data, shown, lines)
+    validate(recipe, parts)
+    return recipe
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "a mapping"}
+    if types == NUM:
+        return "a number"
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _coerce(value: Any, spec: Field) -> tuple[Any, str | None]:
+    if value is None:
+        return (None, None) if spec.nullable and not spec.required else (None, "must be set")
+    if isinstance(value, bool) and bool not in spec.types:
+        return value, f"must be {_type_name(spec.types)}, got {value!r}"
+    if isinstance(value, spec.types):
+        if spec.types == NUM or float in spec.types:
+            value = float(value) if isinstance(value, int) and int not in spec.types else value
+        return value, None
+    if float in spec.types and isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+        try:
+            return float(value), None
+        except ValueError:
+            pass
+    if float in spec.types and isinstance(value, int):
+        return float(value), None
+    return value, f"must be {_type_name(spec.types)}, got {type(value).__name__} {value!r}"
+
+
+class _Checker:
+    def __init__(self, recipe: Recipe, parts: Any) -> None:
+        self.recipe = recipe
+        self.parts = parts
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, message: str, hint: str | None = None) -> None:
+        loc = self.recipe.lines.get(path) or self.recipe.lines.get(path.rsplit(".", 1)[0]) or self.recipe.source
+        self.problems.append(Problem(path, message, loc, hint))
+
+    def unknown(self, path: str, key: str, known: Iterable[str]) -> None:
+        close = difflib.get_close_matches(key, list(known), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+        self.problem(path, "unknown key", hint)
+
+    def check_mapping(self, node: dict[str, Any], schema: dict[str, Field], prefix: str) -> None:
+        for key in list(node):
+            if key not in schema:
+                self.unknown(f"{prefix}{key}", str(key), schema)
+        for key, spec in schema.items():
+            path = f"{prefix}{key}"
+            if key not in node or node[key] is None:
+                if spec.required:
+                    self.problem(path, "is required", spec.help)
+                    continue
+                node[key] = copy.deepcopy(spec.default)
+                if node[key] is None:
+                    continue
+            value, err = _coerce(node[key], spec)
+            if err:
+                self.problem(path, err, spec.help)
+                continue
+            node[key] = value
+            if spec.choices and value not in spec.choices:
+                self.problem(path, f"must be one of {', '.join(map(str, spec.choices))}, got {value!r}")
+            if spec.registry and self.parts is not None and isinstance(value, str):
+                if spec.registry == "formats" and value == "auto":
+                    continue
+                registry = self.parts.kind(spec.registry)
+                if value not in registry:
+                    self.problem(path, registry.unknown_message(value))
+
+    def options_of(self, kind: str, name: Any) -> dict[str, Field]:
+        if self.parts is None or not isinstance(name, str) or name not in self.parts.kind(kind):
+            return {}
+        return self.parts.kind(kind).part(name).options
+
+    def run(self) -> None:
+        data = self.recipe.data
+        top = {k: v for k, v in SCHEMA.items() if not isinstance(v, dict)}
+        for key in list(data):
+            if key not in SCHEMA:
+                self.unknown(key, str(key), SCHEMA)
+        for section in SECTIONS:
+            node = data.get(section)
+            if node is None:
+                node = data[section] = {}
+            if not isinstance(node, dict):
+                self.problem(section, f"must be a mapping of keys, got {type(node).__name__}")
+                continue
+            schema = dict(SCHEMA[section])
+            if section == "model":
+                schema.update(self.options_of("models", node.get("builder")))
+            self.check_mapping(node, schema, f"{section}.")
+        self.check_mapping(data, top, "")
+        if not data.get("work_dir"):
+            data["work_dir"] = f"./work_dirs/{data.get('name') or 'run'}"
+        self.check_hooks(data.get("hooks"))
+        self.check_consistency(data)
+
+    def check_hooks(self, hooks: Any) -> None:
+        if not isinstance(hooks, list):
+            return
+        for i, entry in enumerate(hooks):
+            path = f"hooks[{i}]"
+            if isinstance(entry, str):
+                entry = hooks[i] = {"name": entry}
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                self.problem(path, "must be a hook name or a mapping with a 'name' key")
+                continue
+            if self.parts is None:
+                continue
+            if entry["name"] not in self.parts.hooks:
+                self.problem(f"{path}.name", self.parts.hooks.unknown_message(entry["name"]))
+                continue
+            options = self.options_of("hooks", entry["name"])
+            self.check_mapping(entry, {"name": F(str, REQUIRED), **options}, f"{path}.")
+
+    def check_consistency(self, data: dict[str, Any]) -> None:
+        model, adapter, train = data["model"], data["adapter"], data["train"]
+        if adapter.get("kind") == "qlora" and model.get("quantization") in (None, "none"):
+            model["quantization"] = "nf4"
+        if adapter.get("kind") == "full" and model.get("quantization") not in (None, "none"):
+            self.problem("model.quantization", "a quantized base cannot be fully fine-tuned", "use adapter.kind: qlora or lora")
+        for key in ("micro_batch", "grad_accum", "max_length"):
+            section = "data" if key == "max_length" else "train"
+            value = data[section].get(key)
+            if isinstance(value, int) and value < 1:
+                self.problem(f"{section}.{key}", f"must be at least 1, got {value}")
+        steps = train.get("max_steps")
+        if isinstance(steps, int) and steps < 1:
+            self.problem("train.max_steps", f"must be at least 1, got {steps}")
+        lr = train.get("lr")
+        if isinstance(lr, float) and lr <= 0:
+            self.problem("train.lr", f"must be positive, got {lr}")
+
+
+def validate(recipe: Recipe, parts: Any = None) -> None:
+    """Check types, required keys, unknown keys and part references; fill in defaults.
+
+    Raises a ``ValidationError`` listing *every* problem found, each with its key path
+    and ``file:line``.
+    """
+    checker = _Checker(recipe, parts)
+    checker.run()
+    if checker.problems:
+        raise ValidationError(problems=checker.problems, source=f"recipe {recipe.source}")

@@ -1,0 +1,1 @@
+"""Recipes shipped with the core (YAML data files)."""

@@ -1,0 +1,90 @@
+"""One generic registry of named parts (name -> object, owning plugin, description)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Generic, Iterator, TypeVar
+
+from .errors import FtcoreError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Part(Generic[T]):
+    """A registered part. ``target`` may be a lazy ``"module:attr"`` string."""
+
+    name: str
+    target: Any
+    owner: str
+    description: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> T:
+        """The registered object, importing it first if it was registered lazily."""
+        if isinstance(self.target, str) and ":" in self.target:
+            module, _, attr = self.target.partition(":")
+            try:
+                obj: Any = importlib.import_module(module)
+                for piece in attr.split("."):
+                    obj = getattr(obj, piece)
+            except (ImportError, AttributeError) as exc:
+                raise FtcoreError(
+                    f"{self.name!r} (from plugin {self.owner}) points at {self.target!r}, which cannot be loaded: {exc}",
+                    hint="reinstall the plugin or check that its optional dependencies are installed",
+                ) from exc
+            self.target = obj
+        return self.target
+
+
+class Registry(Generic[T]):
+    """Parts of one kind (e.g. "formats"), keyed by unique name."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._parts: dict[str, Part[T]] = {}
+
+    def add(self, part: Part[T]) -> None:
+        """Add a part; a second part with the same name is an error naming both owners."""
+        if not part.name or not isinstance(part.name, str):
+            raise FtcoreError(f"plugin {part.owner} registered a {self.kind} part without a name")
+        existing = self._parts.get(part.name)
+        if existing is not None:
+            raise FtcoreError(
+                f"{self.kind} {part.name!r} is registered twice: by plugin {existing.owner} and by plugin {part.owner}",
+                hint="rename one of them, or disable a plugin with FTCORE_DISABLE_PLUGINS=<name>",
+            )
+        self._parts[part.name] = part
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._parts
+
+    def __iter__(self) -> Iterator[Part[T]]:
+        return iter(sorted(self._parts.values(), key=lambda p: p.name))
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def names(self) -> list[str]:
+        return sorted(self._parts)
+
+    def part(self, name: str) -> Part[T]:
+        """The part called ``name``; an unknown name lists close matches and every choice."""
+        try:
+            return self._parts[name]
+        except KeyError:
+            raise FtcoreError(self.unknown_message(name)) from None
+
+    def get(self, name: str) -> T:
+        """The loaded object registered as ``name``."""
+        return self.part(name).load()
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(str(name), self.names(), n=3)
+        msg = f"no {self.kind} called {name!r}"
+        if close:
+            msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        msg += f" (registered: {', '.join(self.names()) or 'none'}; see `ftcore list {self.kind}`)"
+        return msg

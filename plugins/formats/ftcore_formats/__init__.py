@@ -1,0 +1,13 @@
+"""The formats plugin: openai, alpaca, medical, conversation, sharegpt and pretrain dataset formats."""
+
+from __future__ import annotations
+
+from ftcore import hookimpl
+
+
+@hookimpl
+def register_dataset_formats(register) -> None:
+    from .formats import FORMATS
+
+    for fmt in FORMATS:
+        register(fmt)

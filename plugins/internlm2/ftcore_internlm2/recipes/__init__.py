@@ -1,0 +1,1 @@
+"""Recipes shipped by the InternLM2 plugin (YAML data files)."""

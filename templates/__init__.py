@@ -1,0 +1,1 @@
+"""Chat templates shipped with ftcore, one YAML data file each (see CONTRIBUTING.md for the fields)."""
