@@ -1,0 +1,22 @@
+"""The model-builder protocol: how a recipe's ``model`` section becomes a tokenizer and a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class ModelBuilder(Protocol):
+    """What a registered model builder provides.
+
+    ``load_model`` receives ordinary ``from_pretrained`` keyword arguments prepared by the
+    core (``dtype``, ``quantization_config``, ``attn_implementation``, ``device_map``,
+    ``trust_remote_code``) and returns a transformers ``PreTrainedModel``. ``save`` writes
+    a (merged or fully fine-tuned) model in the builder's native layout as safetensors.
+    """
+
+    def load_tokenizer(self, path: str, trust_remote_code: bool = False) -> Any: ...
+
+    def load_model(self, path: str, **kwargs: Any) -> Any: ...
+
+    def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None: ...
