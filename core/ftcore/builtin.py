@@ -37,4 +37,7 @@ def register_strategies(register) -> None:
 
 @hookimpl
 def register_training_hooks(register) -> None:
-    pass
+    from .train.hooks import BUILTIN_HOOKS
+
+    for name, target, description, options in BUILTIN_HOOKS:
+        register(name, target, description, options)

@@ -1,14 +1,210 @@
-"""Map functions from each supported raw record layout to ftcore messages."""
+"""Map functions from each supported raw record layout to ftcore messages.
+
+Every chat format returns ``{"messages": [{"role", "content", "loss"?}], **extras}``
+and ``pretrain`` returns ``{"text": ..., **extras}``; ``extras`` are the record's keys
+the format does not consume (``id``, ``image``, ...), passed through unchanged so that
+later stages (e.g. a multimodal plugin reading ``image``) can use them. A malformed
+record raises ``RecordError`` naming the offending field (``messages[2].role``).
+"""
 
 from __future__ import annotations
 
-from ftcore.data.formats import DatasetFormat, require
+from typing import Any
+
+from ftcore.data.formats import DatasetFormat, RecordError, require
+
+ROLES = ("system", "user", "assistant")
+
+#: The system prompt the ``medical`` format adds when a record carries none.
+MEDICAL_SYSTEM = (
+    "You are a professional, highly experienced doctor. Answer the patient's medical question "
+    "accurately, carefully and in plain language: explain the likely causes, the relevant "
+    "examinations and the treatment options, and say clearly when the symptoms call for seeing "
+    "a doctor in person or for emergency care."
+)
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
+}
+
+NO_OUTPUT = "<nooutput>"
 
 
-def _openai(record: dict) -> dict:
-    return {"messages": require(record, "messages", list)}
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _extras(record: dict[str, Any], consumed: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in consumed}
+
+
+def _text(value: Any, field: str, *, optional: bool = False) -> str:
+    if value is None:
+        if optional:
+            return ""
+        raise RecordError(f"missing field {field!r}", field)
+    if not isinstance(value, str):
+        raise RecordError(f"field {field!r} must be str, got {_type_name(value)}", field)
+    return value
+
+
+def _items(record: dict[str, Any], field: str) -> list[Any]:
+    items = require(record, field, list)
+    if not items:
+        raise RecordError(f"field {field!r} is an empty list", field)
+    return items
+
+
+def _finish(messages: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    """Check that a conversation has something to train on."""
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RecordError(f"field {field!r} has no assistant message, so there is nothing to train on", field)
+    return messages
+
+
+# -- openai ---------------------------------------------------------------------------
+
+
+def _openai_message(message: Any, where: str) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise RecordError(f"{where} must be an object with role and content, got {_type_name(message)}", where)
+    role = message.get("role")
+    if role is None:
+        raise RecordError(f"missing field '{where}.role'", f"{where}.role")
+    if role not in ROLES:
+        raise RecordError(f"field '{where}.role' is {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role")
+    content = _text(message.get("content"), f"{where}.content")
+    out: dict[str, Any] = {"role": role, "content": content}
+    loss = message.get("loss")
+    if loss is not None:
+        if not isinstance(loss, bool):
+            raise RecordError(f"field '{where}.loss' must be true or false, got {loss!r}", f"{where}.loss")
+        if role == "assistant":
+            out["loss"] = loss
+    return out
+
+
+def openai(record: dict[str, Any]) -> dict[str, Any]:
+    """``{"messages": [{role, content, loss?}]}`` validated and normalised."""
+    messages = [_openai_message(m, f"messages[{i}]") for i, m in enumerate(_items(record, "messages"))]
+    return {"messages": _finish(messages, "messages"), **_extras(record, ("messages",))}
+
+
+# -- alpaca / medical -----------------------------------------------------------------
+
+
+def _alpaca(record: dict[str, Any], default_system: str | None) -> dict[str, Any] | None:
+    instruction = _text(record.get("instruction"), "instruction")
+    extra = _text(record.get("input"), "input", optional=True)
+    output = _text(record.get("output"), "output")
+    if output.strip() == NO_OUTPUT:
+        return None
+    system = _text(record.get("system"), "system", optional=True) or default_system
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    history = record.get("history")
+    if history is not None:
+        if not isinstance(history, list):
+            raise RecordError(f"field 'history' must be a list of [user, assistant] pairs, got {_type_name(history)}", "history")
+        for i, pair in enumerate(history):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise RecordError(f"field 'history[{i}]' must be a [user, assistant] pair of strings", f"history[{i}]")
+            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    user = "\n".join(part for part in (instruction, extra) if part)
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return {"messages": messages, **_extras(record, ("instruction", "input", "output", "system", "history"))}
+
+
+def alpaca(record: dict[str, Any]) -> dict[str, Any] | None:
+    """``{instruction, input?, output, system?, history?}``; ``<nooutput>`` drops the record."""
+    return _alpaca(record, None)
+
+
+def medical(record: dict[str, Any]) -> dict[str, Any] | None:
+    """Alpaca fields answered by a doctor: adds ``MEDICAL_SYSTEM`` unless the record has a system."""
+    return _alpaca(record, MEDICAL_SYSTEM)
+
+
+# -- XTuner conversation --------------------------------------------------------------
+
+
+def conversation(record: dict[str, Any]) -> dict[str, Any]:
+    """XTuner's native ``{"conversation": [{system?, input, output}, ...]}`` (multi-turn)."""
+    messages: list[dict[str, Any]] = []
+    for i, turn in enumerate(_items(record, "conversation")):
+        where = f"conversation[{i}]"
+        if not isinstance(turn, dict):
+            raise RecordError(f"{where} must be an object with input and output, got {_type_name(turn)}", where)
+        system = _text(turn.get("system"), f"{where}.system", optional=True)
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": _text(turn.get("input"), f"{where}.input")})
+        messages.append({"role": "assistant", "content": _text(turn.get("output"), f"{where}.output")})
+    return {"messages": messages, **_extras(record, ("conversation",))}
+
+
+# -- ShareGPT -------------------------------------------------------------------------
+
+
+def sharegpt(record: dict[str, Any]) -> dict[str, Any]:
+    """``{"conversations": [{from: human|gpt|system, value}], system?}``."""
+    system = _text(record.get("system"), "system", optional=True)
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for i, turn in enumerate(_items(record, "conversations")):
+        where = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            raise RecordError(f"{where} must be an object with from and value, got {_type_name(turn)}", where)
+        speaker = turn.get("from")
+        if speaker is None:
+            raise RecordError(f"missing field '{where}.from'", f"{where}.from")
+        role = SHAREGPT_ROLES.get(str(speaker).lower())
+        if role is None:
+            raise RecordError(
+                f"field '{where}.from' is {speaker!r}; expected one of {', '.join(SHAREGPT_ROLES)}", f"{where}.from"
+            )
+        messages.append({"role": role, "content": _text(turn.get("value"), f"{where}.value")})
+    return {"messages": _finish(messages, "conversations"), **_extras(record, ("conversations", "system"))}
+
+
+# -- pre-training text ----------------------------------------------------------------
+
+
+def pretrain(record: dict[str, Any]) -> dict[str, Any] | None:
+    """``{"text": ...}`` for continued pre-training; an empty text drops the record."""
+    text = require(record, "text", str)
+    if not text.strip():
+        return None
+    return {"text": text, **_extras(record, ("text",))}
+
+
+def _has_list(key: str):
+    def detect(record: dict[str, Any]) -> bool:
+        return isinstance(record.get(key), list)
+
+    return detect
 
 
 FORMATS = [
-    DatasetFormat("openai", _openai, lambda r: "messages" in r, "{messages: [{role, content, loss?}]} (system/user/assistant)"),
+    DatasetFormat("openai", openai, _has_list("messages"), "{messages: [{role, content, loss?}]} (system/user/assistant)"),
+    DatasetFormat(
+        "alpaca",
+        alpaca,
+        lambda r: "instruction" in r and "output" in r,
+        "{instruction, input?, output} (Stanford Alpaca); <nooutput> records are dropped",
+    ),
+    DatasetFormat(
+        "medical",
+        medical,
+        None,  # same fields as alpaca: never auto-detected, name it with data.format=medical
+        "alpaca fields with a doctor's system prompt (not auto-detected: set data.format=medical)",
+    ),
+    DatasetFormat(
+        "conversation", conversation, _has_list("conversation"), "XTuner {conversation: [{system?, input, output}]} multi-turn"
+    ),
+    DatasetFormat("sharegpt", sharegpt, _has_list("conversations"), "{conversations: [{from: human|gpt|system, value}]}"),
+    DatasetFormat("pretrain", pretrain, lambda r: isinstance(r.get("text"), str), "{text} plain text for (continued) pre-training"),
 ]

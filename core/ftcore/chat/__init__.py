@@ -1,0 +1,1 @@
+"""After training: generation, terminal chat and serving."""

@@ -1,0 +1,123 @@
+"""Loading a base model for training: precision, quantisation (NF4/int8), checkpointing, adapters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import FtcoreError
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def resolve_precision(requested: str, device: Any) -> str:
+    """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    import torch
+
+    if requested != "auto":
+        if device.type == "cpu" and requested == "fp16":
+            raise FtcoreError("fp16 training needs a GPU", where="train.precision", hint="use fp32 or bf16 on CPU")
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def quantization_config(kind: str, double_quant: bool, compute_dtype: Any) -> Any:
+    """A bitsandbytes config for ``nf4``/``fp4``/``int8``, or None for ``none``."""
+    if kind == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise FtcoreError(f"model.quantization={kind} needs bitsandbytes ({exc})", hint="pip install 'ftcore[quant]'") from None
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=kind,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_base_model(model_cfg: dict[str, Any], builder: Any, device: Any, precision: str, device_map: Any = None) -> Any:
+    """The base model in the training dtype (quantized if asked), on ``device``."""
+    import torch
+
+    dtype = getattr(torch, DTYPES[precision])
+    if model_cfg["dtype"] != "auto":
+        dtype = getattr(torch, DTYPES[model_cfg["dtype"]])
+    quant = quantization_config(model_cfg["quantization"], model_cfg["double_quant"], dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": bool(model_cfg["trust_remote_code"])}
+    if model_cfg["attn_implementation"] != "auto":
+        kwargs["attn_implementation"] = model_cfg["attn_implementation"]
+    else:
+        kwargs["attn_implementation"] = "sdpa"
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device_map or ({"": device.index or 0} if device.type == "cuda" else {"": "cpu"})
+    model = builder.load_model(model_cfg["path"], **kwargs)
+    if quant is None:
+        model.to(device)
+    model.config.use_cache = False
+    return model
+
+
+def lora_targets(model: Any, targets: Any) -> Any:
+    """``all-linear`` -> every linear layer's module name except the LM head; else as given."""
+    if targets != "all-linear":
+        return targets
+    import torch
+
+    try:
+        import bitsandbytes as bnb
+
+        linear_types: tuple[type, ...] = (torch.nn.Linear, bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    except ImportError:
+        linear_types = (torch.nn.Linear,)
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, linear_types) and mod is not head}
+    return sorted(names)
+
+
+def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> Any:
+    """Gradient checkpointing, k-bit preparation and the adapter (LoRA/QLoRA) or full training."""
+    quantized = model_cfg["quantization"] != "none"
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=model_cfg["gradient_checkpointing"],
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif model_cfg["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if adapter_cfg["kind"] == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=adapter_cfg["r"],
+        lora_alpha=adapter_cfg["alpha"],
+        lora_dropout=adapter_cfg["dropout"],
+        target_modules=lora_targets(model, adapter_cfg["targets"]),
+        modules_to_save=adapter_cfg["modules_to_save"],
+        bias=adapter_cfg["bias"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

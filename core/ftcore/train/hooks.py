@@ -1,0 +1,185 @@
+"""The training-hook protocol and the built-in hooks (dataset_info, evaluate_chat, throughput, metrics_log, tensorboard)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..recipe import F
+from .context import RunContext
+
+
+class TrainingHook:
+    """Base class: override the events you need. Options come from the recipe entry.
+
+    Events, in order: ``setup`` (before model and data are loaded), ``before_train``,
+    ``after_step`` (after every optimizer step, with that step's metrics), ``after_save``
+    (with the checkpoint folder) and ``after_train``. ``creates`` lists recipe keys whose
+    paths this hook creates in ``setup`` (validation then does not require them to exist).
+    """
+
+    creates: tuple[str, ...] = ()
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def setup(self, ctx: RunContext) -> None: ...
+
+    def before_train(self, ctx: RunContext) -> None: ...
+
+    def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None: ...
+
+    def after_save(self, ctx: RunContext, folder: Any) -> None: ...
+
+    def after_train(self, ctx: RunContext) -> None: ...
+
+
+class DatasetInfo(TrainingHook):
+    """Print sample/row/token counts and one decoded sample with its trained part."""
+
+    def before_train(self, ctx: RunContext) -> None:
+        if not ctx.is_main:
+            return
+        data, report = ctx.data, ctx.data_report
+        ctx.print(f"[bold]dataset[/bold] {report.summary()}")
+        if len(data):
+            row = data.row(0)
+            ids, labels = row["input_ids"], row["labels"]
+            end = int(row["cu_seqlens"][1])
+            text = ctx.tokenizer.decode(ids[:end].tolist())
+            trained = ctx.tokenizer.decode(ids[:end][labels[:end] != -100].tolist())
+            ctx.print(f"[bold]sample[/bold] {text!r}")
+            ctx.print(f"[bold]trained part[/bold] {trained!r}")
+
+
+class MetricsLog(TrainingHook):
+    """Append one JSON line per optimizer step to ``work_dir/metrics.jsonl``."""
+
+    def before_train(self, ctx: RunContext) -> None:
+        self.path = ctx.work_dir / "metrics.jsonl"
+        if ctx.is_main and self.path.exists():  # a resumed run rewrites the steps after its checkpoint
+            kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= ctx.step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None:
+        if ctx.is_main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+
+class Throughput(TrainingHook):
+    """Report tokens/s, achieved TFLOP/s and an MFU estimate every ``every`` steps."""
+
+    def before_train(self, ctx: RunContext) -> None:
+        from ..models.loading import count_parameters
+
+        model = ctx.strategy.unwrap(ctx.model)
+        trainable, total = count_parameters(model)
+        full = ctx.recipe["adapter"]["kind"] == "full"
+        # Forward 2N + backward 2N (activation grads); full fine-tunes add 2N for weight grads.
+        self.flops_per_token = (6 if full else 4) * total
+        self.peak = self.options.get("peak_tflops") or _peak_tflops(ctx.strategy.device)
+
+    def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None:
+        every = self.options.get("every", 10)
+        tflops = metrics["tokens_per_s"] * self.flops_per_token / 1e12
+        metrics["tflops"] = round(tflops, 2)
+        if self.peak:
+            metrics["mfu"] = round(tflops / self.peak, 4)
+        if ctx.step % every == 0 or ctx.step == ctx.total_steps:
+            mfu = f", MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
+            ctx.print(f"throughput step {ctx.step}: {metrics['tokens_per_s']:.0f} tokens/s, {tflops:.2f} TFLOP/s{mfu}")
+
+
+def _peak_tflops(device: Any) -> float | None:
+    """Dense bf16 peak of known GPUs (None when unknown, e.g. on CPU)."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40": 181.0, "A10": 125.0, "4090": 165.0}.items():
+        if key in name:
+            return value
+    return None
+
+
+class EvaluateChat(TrainingHook):
+    """Answer the recipe's prompts before training, every ``every`` steps and at the end."""
+
+    def before_train(self, ctx: RunContext) -> None:
+        self._evaluate(ctx, "before training")
+
+    def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None:
+        every = self.options.get("every") or 0
+        if every and ctx.step % every == 0 and ctx.step != ctx.total_steps:
+            self._evaluate(ctx, f"step {ctx.step}")
+
+    def after_train(self, ctx: RunContext) -> None:
+        self._evaluate(ctx, "after training")
+
+    def _evaluate(self, ctx: RunContext, label: str) -> None:
+        if not ctx.is_main:
+            return
+        from ..chat.generate import generate_answer
+
+        prompts = self.options.get("prompts") or []
+        system = self.options.get("system") or ctx.recipe["data"]["system"]
+        model = ctx.strategy.unwrap(ctx.model)
+        answers = []
+        for prompt in prompts:
+            answer = generate_answer(
+                model, ctx.tokenizer, ctx.template, [{"role": "user", "content": prompt}],
+                system=system, max_new_tokens=self.options.get("max_new_tokens", 64),
+            )
+            answers.append({"prompt": prompt, "answer": answer})
+            ctx.print(f"[bold cyan]eval ({label})[/bold cyan] {prompt!r} -> {answer!r}")
+        out = ctx.work_dir / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        name = "before" if ctx.step == 0 and label == "before training" else f"step-{ctx.step}"
+        (out / f"{name}.json").write_text(json.dumps({"step": ctx.step, "label": label, "answers": answers}, ensure_ascii=False, indent=2))
+
+
+class TensorBoard(TrainingHook):
+    """Write loss, learning rate and throughput to TensorBoard (``pip install 'ftcore[tensorboard]'``)."""
+
+    def before_train(self, ctx: RunContext) -> None:
+        if not ctx.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            from ..errors import FtcoreError
+
+            raise FtcoreError(f"the tensorboard hook needs tensorboard ({exc})", hint="pip install 'ftcore[tensorboard]'") from None
+        self.writer = SummaryWriter(str(ctx.work_dir / "tensorboard"))
+
+    def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None:
+        if ctx.is_main:
+            for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
+                if key in metrics:
+                    self.writer.add_scalar(f"train/{key}", metrics[key], ctx.step)
+
+    def after_train(self, ctx: RunContext) -> None:
+        if ctx.is_main:
+            self.writer.close()
+
+
+#: (name, class path, description, options) of the hooks the core registers.
+BUILTIN_HOOKS = [
+    ("dataset_info", "ftcore.train.hooks:DatasetInfo", "print dataset counts and one decoded sample", {}),
+    ("metrics_log", "ftcore.train.hooks:MetricsLog", "one JSON line per step in work_dir/metrics.jsonl (step, loss, lr, tokens_per_s)", {}),
+    ("throughput", "ftcore.train.hooks:Throughput", "tokens/s, TFLOP/s and MFU estimate", {"every": F(int, 10, "report every N steps"), "peak_tflops": F((int, float), None, "device peak for MFU")}),
+    (
+        "evaluate_chat",
+        "ftcore.train.hooks:EvaluateChat",
+        "answer prompts before training, every N steps and at the end (work_dir/eval/)",
+        {
+            "prompts": F(list, [], "questions to ask"),
+            "every": F(int, 0, "also evaluate every N steps (0: only before and after)"),
+            "max_new_tokens": F(int, 64, "answer length"),
+            "system": F(str, None, "system prompt for the evaluation"),
+        },
+    ),
+    ("tensorboard", "ftcore.train.hooks:TensorBoard", "loss, lr and throughput to TensorBoard (optional extra)", {}),
+]

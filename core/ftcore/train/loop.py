@@ -1,0 +1,235 @@
+"""The optimisation loop: token-weighted loss over accumulated micro batches, exact data order, signals."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import FtcoreError
+from .context import RunContext
+
+IGNORE = -100
+
+
+@dataclass
+class Schedule:
+    """Where every micro batch comes from, derived from the seed alone (so resume is exact).
+
+    Micro batch ``g`` (global, counted from the start of training) belongs to epoch
+    ``g // per_epoch``; within an epoch the rows follow a seeded permutation, and each rank
+    takes its own ``micro_batch`` rows of every global micro batch.
+    """
+
+    num_rows: int
+    micro_batch: int
+    world_size: int
+    rank: int
+    seed: int
+    shuffle: bool = True
+
+    @property
+    def per_epoch(self) -> int:
+        """Micro batches per epoch (the last is topped up by wrapping around)."""
+        return max(1, math.ceil(self.num_rows / (self.micro_batch * self.world_size)))
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_rows)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+
+    def rows(self, g: int) -> list[int]:
+        epoch, j = divmod(g, self.per_epoch)
+        order = self.epoch_order(epoch)
+        width = self.micro_batch * self.world_size
+        idx = (np.arange(j * width, (j + 1) * width) % self.num_rows)[self.rank * self.micro_batch : (self.rank + 1) * self.micro_batch]
+        return order[idx].tolist()
+
+
+def total_steps(train_cfg: dict[str, Any], schedule: Schedule) -> int:
+    """``max_steps`` if set, else enough optimizer steps for ``epochs`` passes."""
+    if train_cfg.get("max_steps"):
+        return int(train_cfg["max_steps"])
+    return max(1, math.ceil(train_cfg["epochs"] * schedule.per_epoch / train_cfg["grad_accum"]))
+
+
+def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+    """Sum of next-token cross-entropy over trained tokens, and how many tokens were trained."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)}
+    logits = model(**inputs, use_cache=False).logits
+    shift_labels = labels[:, 1:]
+    n = int((shift_labels != IGNORE).sum())
+    loss = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss, n
+
+
+class StopRequested:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each optimizer step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequested":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Runs optimizer steps from ``ctx.step`` to ``ctx.total_steps`` with hooks and checkpoints."""
+
+    def __init__(self, ctx: RunContext, optimizer: Any, scheduler: Any, schedule: Schedule, collate: Callable[[list[int]], dict[str, Any]], hooks: list[Any], save: Callable[[], Any], precision: str) -> None:
+        self.ctx, self.optimizer, self.scheduler = ctx, optimizer, scheduler
+        self.schedule, self.collate, self.hooks, self.save = schedule, collate, hooks, save
+        self.precision = precision
+        train = ctx.recipe["train"]
+        self.grad_accum = train["grad_accum"]
+        self.save_every = train["save_every"]
+        self.log_every = max(1, train["log_every"])
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        device = self.ctx.strategy.device
+        if self.precision in ("bf16", "fp16") and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step: loss = sum over trained tokens / all trained tokens of the step."""
+        import torch
+
+        ctx, strategy = self.ctx, self.ctx.strategy
+        first = ctx.step * self.grad_accum
+        batches = [self.collate(self.schedule.rows(g)) for g in range(first, first + self.grad_accum)]
+        local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        total = strategy.all_reduce_sum(float(local))
+        if total == 0:
+            raise FtcoreError(f"step {ctx.step + 1} has no trained tokens", hint="check data.template and the format; `ftcore data show` shows which tokens are trained")
+        # Gradient averaging across ranks divides by world_size; scale it back so the
+        # result is the token-weighted mean over the whole global batch.
+        scale = strategy.world_size / total
+        loss_value = 0.0
+        for batch in batches:
+            batch = {k: v.to(strategy.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with self._autocast():
+                lsum, _ = loss_sum(ctx.model, batch)
+            strategy.backward(lsum * scale)
+            loss_value += float(lsum.detach())
+        loss = strategy.all_reduce_sum(loss_value) / total
+        if not math.isfinite(loss):
+            return {"loss": loss}
+        grad_norm = strategy.step()
+        return {"loss": loss, "grad_norm": grad_norm, "trained_tokens": int(total)}
+
+    def run(self) -> str:
+        """Train to the end; returns ``done``, ``stopped`` (signal) or raises on NaN."""
+        ctx = self.ctx
+        progress = _Progress(ctx)
+        with StopRequested() as stop, progress:
+            timer = time.perf_counter()
+            while ctx.step < ctx.total_steps:
+                lr = self.scheduler.get_last_lr()[0]
+                metrics = self.train_step()
+                if not math.isfinite(metrics["loss"]):
+                    raise FtcoreError(
+                        f"the loss became {metrics['loss']} at step {ctx.step + 1}; training stopped and the step was not applied",
+                        hint="lower train.lr, check the data, or use train.precision=fp32/bf16; "
+                        + (f"the last good checkpoint is {self._last_good()}" if self._last_good() else "no checkpoint was written"),
+                    )
+                ctx.step += 1
+                now = time.perf_counter()
+                elapsed, timer = now - timer, now
+                tokens = metrics.pop("trained_tokens")
+                real = self._real_tokens()
+                metrics.update(step=ctx.step, lr=lr, epoch=round(ctx.step * self.grad_accum / self.schedule.per_epoch, 4),
+                               tokens_per_s=round(real / max(elapsed, 1e-9), 1), trained_tokens=tokens, time=round(elapsed, 4))
+                ctx.metrics.append(metrics)
+                for hook in self.hooks:
+                    hook.after_step(ctx, metrics)
+                progress.update(metrics)
+                if (self.save_every and ctx.step % self.save_every == 0 and ctx.step < ctx.total_steps) or stop.signum:
+                    self.save()
+                if stop.signum:
+                    return "stopped"
+                timer = time.perf_counter()
+        return "done"
+
+    def _real_tokens(self) -> int:
+        """Non-padding tokens processed by all ranks in the last step."""
+        first = (self.ctx.step - 1) * self.grad_accum
+        lengths = self.ctx.data.row_lengths()
+        local = sum(int(lengths[self.schedule.rows(g)].sum()) for g in range(first, first + self.grad_accum))
+        return int(self.ctx.strategy.all_reduce_sum(float(local)))
+
+    def _last_good(self) -> str | None:
+        from .checkpoint import latest_checkpoint
+
+        found = latest_checkpoint(self.ctx.work_dir)
+        return str(found) if found else None
+
+
+class _Progress:
+    """A rich progress bar on terminals; plain log lines otherwise (main process only)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.bar: Any = None
+        self.every = max(1, ctx.recipe["train"]["log_every"])
+
+    def __enter__(self) -> "_Progress":
+        import sys
+
+        if self.ctx.is_main and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=self.ctx.total_steps, completed=self.ctx.step, info="")
+        return self
+
+    def update(self, m: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        info = f"epoch {m['epoch']:.2f} loss {m['loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s{_gpu_memory()}"
+        if self.bar:
+            self.bar.update(self.task, completed=m["step"], info=info)
+        elif m["step"] % self.every == 0 or m["step"] == self.ctx.total_steps:
+            print(f"step {m['step']}/{self.ctx.total_steps} {info}", flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def _gpu_memory() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f" mem {torch.cuda.max_memory_allocated() / 2**30:.1f}GiB"
+    return ""

@@ -1,0 +1,47 @@
+"""Optimizers (torch AdamW, bitsandbytes 8-bit/paged) and warmup + cosine/linear/constant schedules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..errors import FtcoreError
+
+
+def build_optimizer(params: list[Any], train_cfg: dict[str, Any]) -> Any:
+    """The optimizer named by ``train.optimizer`` over the trainable parameters."""
+    import torch
+
+    kind = train_cfg["optimizer"]
+    kwargs = {"lr": train_cfg["lr"], "weight_decay": train_cfg["weight_decay"], "betas": tuple(train_cfg["betas"])}
+    if kind == "adamw":
+        fused = all(p.is_cuda for p in params)
+        return torch.optim.AdamW(params, fused=fused or None, **kwargs)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise FtcoreError(f"train.optimizer={kind} needs bitsandbytes", hint="pip install 'ftcore[quant]'") from None
+    classes = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit, "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}
+    return classes[kind](params, **kwargs)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at ``step`` (linear warmup, then the schedule)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        decay = 1.0 - progress
+    else:
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def build_scheduler(optimizer: Any, train_cfg: dict[str, Any], total: int) -> Any:
+    import torch
+
+    warmup = int(round(train_cfg["warmup_ratio"] * total))
+    schedule, min_ratio = train_cfg["schedule"], train_cfg["min_lr_ratio"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, schedule, min_ratio))

@@ -1,0 +1,200 @@
+"""Assembling a training run from a validated recipe and the registered parts, then driving it."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import FtcoreError
+from .checkpoint import read_state, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from .context import RunContext
+from .loop import Schedule, Trainer, total_steps
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_hooks(recipe: Any, parts: Any) -> list[Any]:
+    hooks = []
+    for entry in recipe["hooks"]:
+        options = {k: v for k, v in entry.items() if k != "name"}
+        hooks.append(parts.hooks.get(entry["name"])(**options))
+    return hooks
+
+
+def _write_model(model: Any, folder: Path) -> None:
+    """Adapter (PEFT layout) or full model (HF safetensors) into ``folder``."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+
+
+def _load_model_weights(model: Any, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    if (folder / "adapter_model.safetensors").is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    else:
+        from transformers.modeling_utils import load_sharded_checkpoint
+
+        if (folder / "model.safetensors").is_file():
+            missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+            if unexpected:
+                raise FtcoreError(f"checkpoint {folder} does not match the model (unexpected keys {unexpected[:3]})")
+        else:
+            load_sharded_checkpoint(model, str(folder), strict=False)
+
+
+class Run:
+    """One training run: builds every part, resumes if asked, trains, saves."""
+
+    def __init__(self, recipe: Any, parts: Any, resume: str | None = None) -> None:
+        self.recipe, self.parts, self.resume = recipe, parts, resume
+        self.work_dir = Path(recipe["work_dir"])
+        self.ctx = RunContext(recipe, self.work_dir)
+        self.hooks = make_hooks(recipe, parts)
+
+    def log(self, message: str) -> None:
+        self.ctx.print(message)
+
+    def build(self) -> None:
+        from ..data.pipeline import prepare_data
+        from ..models.loading import load_base_model, prepare_for_training, resolve_precision
+        from .strategy import resolve_device
+
+        recipe, parts, ctx = self.recipe, self.parts, self.ctx
+        model_cfg, data_cfg, train_cfg = recipe["model"], recipe["data"], recipe["train"]
+        seed_everything(train_cfg["seed"])
+        self.precision = resolve_precision(train_cfg["precision"], resolve_device(train_cfg["device"]))
+        strategy = parts.strategies.get(recipe["strategy"]["name"])(recipe, self.precision)
+        strategy.setup()
+        ctx.strategy = strategy
+        if ctx.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            for hook in self.hooks:
+                hook.setup(ctx)
+        strategy.barrier()
+        builder = parts.models.get(model_cfg["builder"])
+        tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        ctx.tokenizer = tokenizer
+        ctx.template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
+        ctx.data, ctx.data_report = prepare_data(
+            data_cfg, parts.formats, tokenizer, ctx.template, train_cfg["seed"],
+            is_main=ctx.is_main, barrier=strategy.barrier, log=self.log,
+        )
+        model = load_base_model(model_cfg, builder, strategy.device, self.precision)
+        model = prepare_for_training(model, model_cfg, recipe["adapter"])
+        from .optim import build_optimizer, build_scheduler
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.schedule = Schedule(len(ctx.data), train_cfg["micro_batch"], strategy.world_size, strategy.rank, train_cfg["seed"], data_cfg["shuffle"])
+        ctx.total_steps = total_steps(train_cfg, self.schedule)
+        optimizer = build_optimizer(params, train_cfg)
+        scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps)
+        ctx.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
+
+    def collate(self, rows: list[int]) -> dict[str, Any]:
+        from ..data.collate import collate_rows
+
+        return collate_rows([self.ctx.data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id)
+
+    def save(self) -> Path:
+        ctx, strategy = self.ctx, self.ctx.strategy
+        model = strategy.unwrap(ctx.model)
+
+        def write(folder: Path) -> None:
+            if ctx.is_main:
+                _write_model(model, folder)
+                ctx.tokenizer.save_pretrained(str(folder))
+                (folder / "recipe.yaml").write_text(self.recipe.to_yaml())
+            strategy.save_state(folder)
+            if ctx.is_main:
+                import torch
+
+                torch.save(rng_state(), folder / "rng.pt")
+
+        state = {"total_steps": ctx.total_steps, "epoch": ctx.step * self.recipe["train"]["grad_accum"] / self.schedule.per_epoch, "metrics": ctx.metrics[-1:] }
+        folder = save_checkpoint(self.work_dir, ctx.step, write, state, self.recipe["train"]["save_total_limit"]) if ctx.is_main else self.work_dir / f"checkpoint-{ctx.step}"
+        strategy.barrier()
+        for hook in self.hooks:
+            hook.after_save(ctx, folder)
+        return folder
+
+    def restore(self) -> None:
+        if not self.resume:
+            return
+        folder = resolve_resume(self.resume, self.work_dir)
+        if folder is None:
+            self.log(f"no checkpoint in {self.work_dir} yet; starting from the beginning")
+            return
+        import torch
+
+        state = read_state(folder)
+        if state["total_steps"] != self.ctx.total_steps:
+            self.log(f"[yellow]warning: the checkpoint was made for {state['total_steps']} steps, this run has {self.ctx.total_steps}[/yellow]")
+        _load_model_weights(self.ctx.strategy.unwrap(self.ctx.model), folder)
+        self.ctx.strategy.load_state(folder)
+        set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+        self.ctx.step = int(state["step"])
+        self.log(f"resumed from {folder} at step {self.ctx.step}/{self.ctx.total_steps}")
+
+    def resume_command(self) -> str:
+        return f"ftcore run --recipe {self.work_dir / 'recipe.yaml'} --resume"
+
+    def execute(self) -> str:
+        self.build()
+        self.restore()
+        ctx = self.ctx
+        if ctx.is_main:
+            (self.work_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
+        for hook in self.hooks:
+            hook.before_train(ctx)
+        trainer = Trainer(ctx, self.optimizer, self.scheduler, self.schedule, self.collate, self.hooks, self.save, self.precision)
+        outcome = trainer.run()
+        if outcome == "stopped":
+            self.log(f"[yellow]stopped at step {ctx.step}/{ctx.total_steps}; checkpoint saved.[/yellow] Resume with:\n  {self.resume_command()}")
+            return outcome
+        final = self.save()
+        for hook in self.hooks:
+            hook.after_train(ctx)
+        self.summary(final)
+        ctx.strategy.teardown()
+        return outcome
+
+    def summary(self, final: Path) -> None:
+        ctx = self.ctx
+        last = ctx.metrics[-1] if ctx.metrics else {}
+        first = ctx.metrics[0] if ctx.metrics else {}
+        kind = "full model" if self.recipe["adapter"]["kind"] == "full" else "adapter"
+        base = self.recipe["model"]["path"]
+        lines = [
+            f"[bold green]done[/bold green]: {ctx.step} steps, loss {first.get('loss', float('nan')):.4f} -> {last.get('loss', float('nan')):.4f}",
+            f"{kind}: {final}",
+            "next:",
+        ]
+        if kind == "adapter":
+            lines += [f"  ftcore chat {base} --adapter {final}", f"  ftcore merge {base} {final} {self.work_dir / 'merged'}"]
+        else:
+            lines += [f"  ftcore chat {final}"]
+        lines.append(f"  ftcore plot {self.work_dir}")
+        self.log("\n".join(lines))
+
+
+def run_training(recipe: Any, parts: Any, resume: str | None = None) -> None:
+    """Train as the recipe says; SIGINT/SIGTERM save a checkpoint and exit with a resume hint."""
+    import signal
+
+    run = Run(recipe, parts, resume)
+    outcome = run.execute()
+    if outcome == "stopped":
+        sys.exit(128 + signal.SIGTERM)
