@@ -181,7 +181,7 @@ def create_cli(app: App | None = None) -> click.Group:
         """Fine-tune with a recipe. OVERRIDES are key=value pairs, e.g. train.lr=1e-4."""
         from .recipe import load_recipe
 
-        recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir)
+        recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True)
         if dry_run:
             print_plan(recipe, app)
             return

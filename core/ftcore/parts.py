@@ -10,6 +10,9 @@ from .errors import FtcoreError
 from .plugins import PluginManager
 from .registry import Part, Registry
 
+#: What one part of each kind is called in messages.
+LABELS = {"recipes": "recipe", "formats": "dataset format", "templates": "template", "models": "model builder", "strategies": "strategy", "hooks": "training hook"}
+
 #: CLI names of the part kinds, in display order, with the hook that fills each.
 KINDS: dict[str, str] = {
     "recipes": "register_recipes",
@@ -87,10 +90,10 @@ _REGISTRARS: dict[str, Callable[[Registry, str], Callable[..., None]]] = {
 
 def collect_parts(pm: PluginManager) -> Parts:
     """Call every plugin's register hooks, recording which plugin registered each part."""
-    registries = {kind: Registry(kind) for kind in KINDS}
+    registries = {kind: Registry(kind, LABELS[kind]) for kind in KINDS}
     for kind, hook_name in KINDS.items():
         caller = getattr(pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order = load order
+        for impl in caller.get_hookimpls():  # registration (load) order
             info = pm.infos.get(impl.plugin_name)
             owner = info.owner if info else impl.plugin_name
             register = _REGISTRARS[kind](registries[kind], owner)

@@ -31,7 +31,7 @@ class PluginInfo:
     @property
     def owner(self) -> str:
         """How parts name their owner: ``plugin (dist version)``."""
-        return f"{self.name} ({self.dist} {self.version})"
+        return f"{self.name} ({self.dist} {self.version})" if self.version else f"{self.name} ({self.dist})"
 
 
 class PluginManager(pluggy.PluginManager):

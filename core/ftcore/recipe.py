@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -60,8 +61,8 @@ SCHEMA: dict[str, Any] = {
     "adapter": {
         "kind": F(str, "lora", "lora, qlora (4-bit base + LoRA), or full", choices=("lora", "qlora", "full")),
         "r": F(int, 64, "LoRA rank"),
-        "alpha": F(NUM, 16, "LoRA alpha"),
-        "dropout": F(NUM, 0.1, "LoRA dropout"),
+        "alpha": F(float, 16, "LoRA alpha"),
+        "dropout": F(float, 0.1, "LoRA dropout"),
         "targets": F(STR_OR_LIST, "all-linear", "'all-linear' (never the LM head) or module names"),
         "modules_to_save": F(list, None, "modules trained fully next to the adapter"),
         "bias": F(str, "none", "train biases", choices=("none", "all", "lora_only")),
@@ -83,14 +84,14 @@ SCHEMA: dict[str, Any] = {
     "train": {
         "epochs": F(NUM, 1, "passes over the data (ignored when max_steps is set)"),
         "max_steps": F(int, None, "optimizer steps to run"),
-        "lr": F(NUM, 2e-4, "peak learning rate"),
+        "lr": F(float, 2e-4, "peak learning rate"),
         "schedule": F(str, "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant")),
-        "warmup_ratio": F(NUM, 0.03, "fraction of steps spent warming up"),
-        "min_lr_ratio": F(NUM, 0.0, "final learning rate as a fraction of lr"),
+        "warmup_ratio": F(float, 0.03, "fraction of steps spent warming up"),
+        "min_lr_ratio": F(float, 0.0, "final learning rate as a fraction of lr"),
         "micro_batch": F(int, 1, "rows per forward pass per process"),
         "grad_accum": F(int, 16, "micro batches per optimizer step"),
-        "max_grad_norm": F(NUM, 1.0, "gradient clipping norm (0 disables)"),
-        "weight_decay": F(NUM, 0.0, "AdamW weight decay"),
+        "max_grad_norm": F(float, 1.0, "gradient clipping norm (0 disables)"),
+        "weight_decay": F(float, 0.0, "AdamW weight decay"),
         "betas": F(list, [0.9, 0.999], "AdamW betas"),
         "optimizer": F(str, "adamw", "optimizer", choices=("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")),
         "precision": F(str, "auto", "auto (bf16 on GPUs that have it, fp16 otherwise, fp32 on CPU)", choices=("auto", "bf16", "fp16", "fp32")),
@@ -213,7 +214,9 @@ def _load_chain(ref: str, recipes: Any, chain: list[str]) -> tuple[dict[str, Any
             raise FtcoreError("extends must be a recipe name or a file path", where=lines.get("extends", shown))
         base_ref = str(Path(shown).parent / parent) if is_file and (Path(shown).parent / parent).is_file() else parent
         base, base_lines, _ = _load_chain(base_ref, recipes, chain + [ref])
+        own_name = data.get("name")
         data = deep_merge(base, data)
+        data["name"] = own_name or name
         lines = {**base_lines, **lines}
     data.setdefault("name", name)
     return data, lines, shown
@@ -229,6 +232,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; users mean a number
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
     return key, value
 
 
@@ -245,8 +253,11 @@ def apply_overrides(data: dict[str, Any], lines: dict[str, str], overrides: Iter
         lines[key] = f"override {text!r}"
 
 
-def load_recipe(ref: str, parts: Any = None, overrides: Iterable[str] = (), work_dir: str | None = None) -> Recipe:
-    """Load, merge (``extends``), override and validate a recipe; raise with every problem found."""
+def load_recipe(ref: str, parts: Any = None, overrides: Iterable[str] = (), work_dir: str | None = None, check_paths: bool = False) -> Recipe:
+    """Load, merge (``extends``), override and validate a recipe; raise with every problem found.
+
+    ``check_paths`` also requires the model folder and data files to exist (for ``run``).
+    """
     recipes = parts.recipes if parts is not None else None
     data, lines, shown = _load_chain(ref, recipes, [])
     apply_overrides(data, lines, overrides)
@@ -254,7 +265,7 @@ def load_recipe(ref: str, parts: Any = None, overrides: Iterable[str] = (), work
         data["work_dir"] = work_dir
         lines["work_dir"] = "--work-dir"
     recipe = Recipe(data, shown, lines)
-    validate(recipe, parts)
+    validate(recipe, parts, check_paths=check_paths)
     return recipe
 
 
@@ -274,37 +285,39 @@ def _coerce(value: Any, spec: Field) -> tuple[Any, str | None]:
     if isinstance(value, bool) and bool not in spec.types:
         return value, f"must be {_type_name(spec.types)}, got {value!r}"
     if isinstance(value, spec.types):
-        if spec.types == NUM or float in spec.types:
-            value = float(value) if isinstance(value, int) and int not in spec.types else value
         return value, None
-    if float in spec.types and isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+    if float in spec.types and isinstance(value, (int, str)):  # YAML 1.1 reads 1e-4 as a string
         try:
             return float(value), None
         except ValueError:
             pass
-    if float in spec.types and isinstance(value, int):
-        return float(value), None
     return value, f"must be {_type_name(spec.types)}, got {type(value).__name__} {value!r}"
 
 
 class _Checker:
-    def __init__(self, recipe: Recipe, parts: Any) -> None:
+    def __init__(self, recipe: Recipe, parts: Any, check_paths: bool) -> None:
         self.recipe = recipe
         self.parts = parts
+        self.check_paths = check_paths
         self.problems: list[Problem] = []
 
     def problem(self, path: str, message: str, hint: str | None = None) -> None:
-        loc = self.recipe.lines.get(path) or self.recipe.lines.get(path.rsplit(".", 1)[0]) or self.recipe.source
+        loc, key = None, path
+        while loc is None and key:
+            loc = self.recipe.lines.get(key)
+            key = re.split(r"[.\[][^.\[]*$", key)[0] if ("." in key or "[" in key) else ""
+        loc = loc or self.recipe.source
         self.problems.append(Problem(path, message, loc, hint))
 
     def unknown(self, path: str, key: str, known: Iterable[str]) -> None:
-        close = difflib.get_close_matches(key, list(known), n=1)
+        known = list(known)
+        close = difflib.get_close_matches(key, known, n=1) or [k for k in known if key.startswith(k) or k.startswith(key)][:1]
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
         self.problem(path, "unknown key", hint)
 
-    def check_mapping(self, node: dict[str, Any], schema: dict[str, Field], prefix: str) -> None:
+    def check_mapping(self, node: dict[str, Any], schema: dict[str, Field], prefix: str, allowed: Iterable[str] = ()) -> None:
         for key in list(node):
-            if key not in schema:
+            if key not in schema and key not in allowed:
                 self.unknown(f"{prefix}{key}", str(key), schema)
         for key, spec in schema.items():
             path = f"{prefix}{key}"
@@ -337,9 +350,6 @@ class _Checker:
     def run(self) -> None:
         data = self.recipe.data
         top = {k: v for k, v in SCHEMA.items() if not isinstance(v, dict)}
-        for key in list(data):
-            if key not in SCHEMA:
-                self.unknown(key, str(key), SCHEMA)
         for section in SECTIONS:
             node = data.get(section)
             if node is None:
@@ -351,11 +361,44 @@ class _Checker:
             if section == "model":
                 schema.update(self.options_of("models", node.get("builder")))
             self.check_mapping(node, schema, f"{section}.")
-        self.check_mapping(data, top, "")
+        self.check_mapping(data, top, "", allowed=SECTIONS)
         if not data.get("work_dir"):
             data["work_dir"] = f"./work_dirs/{data.get('name') or 'run'}"
+        self.interpolate(data)
         self.check_hooks(data.get("hooks"))
         self.check_consistency(data)
+        if self.check_paths and not self.problems:
+            self.check_existing_paths(data)
+
+    def interpolate(self, data: dict[str, Any]) -> None:
+        """``${work_dir}`` inside model/data strings becomes the run's work_dir."""
+        for section in ("model", "data"):
+            for key, value in data[section].items():
+                if isinstance(value, str):
+                    data[section][key] = value.replace("${work_dir}", data["work_dir"])
+                elif isinstance(value, list):
+                    data[section][key] = [v.replace("${work_dir}", data["work_dir"]) if isinstance(v, str) else v for v in value]
+
+    def created_by_hooks(self, data: dict[str, Any]) -> set[str]:
+        created: set[str] = set()
+        for entry in data["hooks"]:
+            created.update(getattr(self.parts.hooks.get(entry["name"]), "creates", ()))
+        return created
+
+    def check_existing_paths(self, data: dict[str, Any]) -> None:
+        created = self.created_by_hooks(data) if self.parts is not None else set()
+        model_path = data["model"]["path"]
+        if "model.path" not in created and not (Path(model_path).expanduser() / "config.json").is_file():
+            self.problem(
+                "model.path",
+                f"{model_path!r} is not a model folder (no config.json there)",
+                "download the base model to that folder (e.g. with `huggingface-cli download` or `modelscope download`) or set model.path=FOLDER",
+            )
+        if "data.path" not in created:
+            paths = data["data"]["path"] if isinstance(data["data"]["path"], list) else [data["data"]["path"]]
+            for p in paths:
+                if not Path(str(p)).expanduser().exists():
+                    self.problem("data.path", f"{p!r} does not exist", "set data.path=FILE (json, jsonl, csv, parquet, xlsx) or make one with `ftcore data convert` / `ftcore data self-cognition`")
 
     def check_hooks(self, hooks: Any) -> None:
         if not isinstance(hooks, list):
@@ -390,17 +433,17 @@ class _Checker:
         if isinstance(steps, int) and steps < 1:
             self.problem("train.max_steps", f"must be at least 1, got {steps}")
         lr = train.get("lr")
-        if isinstance(lr, float) and lr <= 0:
+        if isinstance(lr, (int, float)) and lr <= 0:
             self.problem("train.lr", f"must be positive, got {lr}")
 
 
-def validate(recipe: Recipe, parts: Any = None) -> None:
+def validate(recipe: Recipe, parts: Any = None, check_paths: bool = False) -> None:
     """Check types, required keys, unknown keys and part references; fill in defaults.
 
     Raises a ``ValidationError`` listing *every* problem found, each with its key path
     and ``file:line``.
     """
-    checker = _Checker(recipe, parts)
+    checker = _Checker(recipe, parts, check_paths)
     checker.run()
     if checker.problems:
         raise ValidationError(problems=checker.problems, source=f"recipe {recipe.source}")

@@ -42,18 +42,19 @@ class Part(Generic[T]):
 class Registry(Generic[T]):
     """Parts of one kind (e.g. "formats"), keyed by unique name."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, label: str | None = None) -> None:
         self.kind = kind
+        self.label = label or kind
         self._parts: dict[str, Part[T]] = {}
 
     def add(self, part: Part[T]) -> None:
         """Add a part; a second part with the same name is an error naming both owners."""
         if not part.name or not isinstance(part.name, str):
-            raise FtcoreError(f"plugin {part.owner} registered a {self.kind} part without a name")
+            raise FtcoreError(f"plugin {part.owner} registered a {self.label} without a name")
         existing = self._parts.get(part.name)
         if existing is not None:
             raise FtcoreError(
-                f"{self.kind} {part.name!r} is registered twice: by plugin {existing.owner} and by plugin {part.owner}",
+                f"{self.label} {part.name!r} is registered twice: by plugin {existing.owner} and by plugin {part.owner}",
                 hint="rename one of them, or disable a plugin with FTCORE_DISABLE_PLUGINS=<name>",
             )
         self._parts[part.name] = part
@@ -83,7 +84,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), self.names(), n=3)
-        msg = f"no {self.kind} called {name!r}"
+        msg = f"no {self.label} called {name!r}"
         if close:
             msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
         msg += f" (registered: {', '.join(self.names()) or 'none'}; see `ftcore list {self.kind}`)"

@@ -14,6 +14,13 @@ def register_model_builders(register) -> None:
 
 
 @hookimpl
+def register_training_hooks(register) -> None:
+    from .quickstart import OPTIONS
+
+    register("quickstart_assets", "ftcore_internlm2.quickstart:QuickstartAssets", "create the quickstart's tiny model and self-cognition data when missing", OPTIONS)
+
+
+@hookimpl
 def register_recipes(register) -> None:
     root = resources.files("ftcore_internlm2.recipes")
     for entry in sorted(root.iterdir(), key=lambda p: p.name):

@@ -1,0 +1,386 @@
+"""``ftcore data``: convert datasets between formats, split them, generate self-cognition data.
+
+Only click is imported at module level; each command imports what it needs, so
+``ftcore --help`` stays fast. Every file is written atomically (a temporary file in
+the same folder, then a rename), so a failed command leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import FtcoreError
+
+#: Suffixes ``write_records`` can write.
+WRITABLE = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".xlsx")
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+def _columns(records: Sequence[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for record in records:
+        seen.update(dict.fromkeys(record))
+    return list(seen)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _write(path: Path, tmp: Path, records: Sequence[dict[str, Any]]) -> None:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(list(records), fh, ensure_ascii=False, indent=2, default=str)
+            fh.write("\n")
+    elif suffix == ".jsonl":
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    elif suffix in (".csv", ".tsv"):
+        import csv
+
+        columns = _columns(records)
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, delimiter="," if suffix == ".csv" else "\t")
+            writer.writerow(columns)
+            for record in records:
+                writer.writerow(["" if record.get(c) is None else _cell(record.get(c)) for c in columns])
+    elif suffix == ".xlsx":
+        import openpyxl
+
+        columns = _columns(records)
+        book = openpyxl.Workbook(write_only=True)
+        sheet = book.create_sheet()
+        sheet.append(columns)
+        for record in records:
+            sheet.append([_cell(record.get(c)) for c in columns])
+        book.save(tmp)
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pa.Table.from_pylist(list(records))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise FtcoreError(f"the records cannot be stored as Parquet: {exc}", where=str(path), hint="write .jsonl instead") from None
+        pq.write_table(table, tmp)
+    else:
+        raise FtcoreError(f"cannot write {suffix or 'files without an extension'!r}", where=str(path), hint=f"use one of {', '.join(WRITABLE)}")
+
+
+def check_output(path: Path, force: bool, allowed: Sequence[str] = WRITABLE) -> None:
+    """Fail early for an output with an unsupported suffix, or one that exists without ``force``."""
+    if path.suffix.lower() not in allowed:
+        raise FtcoreError(
+            f"cannot tell how to write {path.suffix or 'a file without an extension'!r}",
+            where=str(path),
+            hint=f"name the output with one of: {', '.join(allowed)}",
+        )
+    if path.is_dir():
+        raise FtcoreError("the output is a folder", where=str(path), hint="give a file name")
+    if path.exists() and not force:
+        raise FtcoreError(f"{path} already exists", hint="pass --force to overwrite it, or choose another name")
+
+
+def write_records(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path:
+    """Write records atomically as .json (a list), .jsonl, .csv, .tsv, .parquet or .xlsx by suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        open(tmp, "x").close()  # honours the umask, unlike mkstemp's 0600
+        _write(path, tmp, records)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -- canonical samples -> target formats -------------------------------------------------
+
+
+def _fail(message: str, field: str = "messages") -> None:
+    from .formats import RecordError
+
+    raise RecordError(message, field)
+
+
+def _extras(sample: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sample.items() if k not in ("messages", "text")}
+
+
+def _messages(sample: dict[str, Any], target: str) -> list[dict[str, Any]]:
+    if "messages" not in sample:
+        _fail(f"a text-only (pretrain) record has no conversation to write as {target}", "text")
+    return sample["messages"]
+
+
+def _turns(sample: dict[str, Any], target: str) -> list[tuple[str, str, str]]:
+    """``(system, user, assistant)`` turns of a conversation that alternates user/assistant."""
+    turns: list[tuple[str, str, str]] = []
+    system: list[str] = []
+    user: str | None = None
+    for i, m in enumerate(_messages(sample, target)):
+        role, content = m["role"], m["content"]
+        if role == "system":
+            if user is not None:
+                _fail(f"message {i} is a system message between a user message and its reply; {target} cannot hold that")
+            system.append(content)
+        elif role == "user":
+            if user is not None:
+                _fail(f"messages {i - 1} and {i} are two user messages in a row; {target} needs user/assistant turns")
+            user = content
+        else:
+            if user is None:
+                _fail(f"message {i} is an assistant message with no user message before it; {target} needs user/assistant turns")
+            turns.append(("\n".join(system), user, content))
+            system, user = [], None
+    if user is not None or system:
+        _fail(f"the conversation does not end with an assistant message; {target} needs complete turns")
+    return turns
+
+
+def to_openai(sample: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [dict(m) for m in _messages(sample, "openai")], **_extras(sample)}
+
+
+def to_conversation(sample: dict[str, Any]) -> dict[str, Any]:
+    turns = [
+        ({"system": s} if s else {}) | {"input": u, "output": a} for s, u, a in _turns(sample, "conversation")
+    ]
+    return {"conversation": turns, **_extras(sample)}
+
+
+def to_alpaca(sample: dict[str, Any]) -> dict[str, Any]:
+    turns = _turns(sample, "alpaca")
+    if any(s for s, _, _ in turns[1:]):
+        _fail("a system message after the first turn cannot be written as alpaca")
+    system, user, assistant = turns[-1][0] if len(turns) == 1 else turns[0][0], turns[-1][1], turns[-1][2]
+    out: dict[str, Any] = {"instruction": user, "input": "", "output": assistant}
+    if system:
+        out["system"] = system
+    if len(turns) > 1:
+        out["history"] = [[u, a] for _, u, a in turns[:-1]]
+    return {**out, **_extras(sample)}
+
+
+def to_sharegpt(sample: dict[str, Any]) -> dict[str, Any]:
+    names = {"system": "system", "user": "human", "assistant": "gpt"}
+    turns = [{"from": names[m["role"]], "value": m["content"]} for m in _messages(sample, "sharegpt")]
+    return {"conversations": turns, **_extras(sample)}
+
+
+TARGETS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "openai": to_openai,
+    "conversation": to_conversation,
+    "alpaca": to_alpaca,
+    "sharegpt": to_sharegpt,
+}
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _app(ctx: click.Context) -> Any:
+    app = ctx.find_root().obj
+    if app is None:
+        from ..app import App
+
+        app = App()
+    return app
+
+
+def parse_map(specs: Iterable[str]) -> dict[str, str]:
+    """``("question=instruction,answer=output",)`` -> ``{"question": "instruction", ...}``."""
+    mapping: dict[str, str] = {}
+    for spec in specs:
+        for item in spec.split(","):
+            if not item.strip():
+                continue
+            src, sep, dst = item.partition("=")
+            if not sep or not src.strip() or not dst.strip():
+                raise FtcoreError(f"--map entry {item!r} is not old=new", hint="e.g. --map question=instruction,answer=output")
+            mapping[src.strip()] = dst.strip()
+    return mapping
+
+
+def rename_columns(records: list[dict[str, Any]], mapping: dict[str, str], where: str) -> None:
+    """Rename record keys in place; a source column found in no record is an error."""
+    if not mapping:
+        return
+    present = set().union(*(r.keys() for r in records))
+    missing = [src for src in mapping if src not in present]
+    if missing:
+        columns = ", ".join(map(str, records[0])) if records else "none"
+        raise FtcoreError(f"--map names column(s) the data does not have: {', '.join(missing)}", where=where, hint=f"columns: {columns}")
+    for record in records:
+        for src, dst in mapping.items():
+            if src in record:
+                record[dst] = record.pop(src)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _print_report(out: Any, report: Any) -> None:
+    if report.dropped:
+        more = ", ..." if report.dropped > len(report.dropped_at) else ""
+        out.print(f"  dropped {report.dropped} record(s) on purpose (e.g. <nooutput>): {', '.join(report.dropped_at)}{more}")
+    if report.skipped:
+        out.print(f"  [yellow]skipped {report.skipped} malformed record(s):[/yellow]")
+        for problem in report.problems:
+            out.print(f"    - {problem}", markup=False)
+        if report.skipped > len(report.problems):
+            out.print(f"    - ... and {report.skipped - len(report.problems)} more")
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@click.group("data")
+def data() -> None:
+    """Prepare datasets: convert formats, split train/test, make self-cognition data."""
+
+
+@data.command("convert")
+@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--from", "from_format", default="auto", show_default=True, help="input format (a registered format name), or auto to detect it")
+@click.option("--to", "to_format", required=True, type=click.Choice(list(TARGETS)), help="output format")
+@click.option("--map", "maps", multiple=True, metavar="OLD=NEW[,OLD=NEW]", help="rename input columns/fields before converting, e.g. question=instruction,answer=output")
+@click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True, help="stop at the first malformed record, or skip malformed records")
+@click.option("--max-samples", type=click.IntRange(min=1), help="convert a random subset of this many records")
+@click.option("--seed", type=int, default=42, show_default=True, help="seed for --max-samples")
+@click.option("--force", is_flag=True, help="overwrite OUT if it exists")
+@click.pass_context
+def convert_cmd(
+    ctx: click.Context,
+    src: Path,
+    dst: Path,
+    from_format: str,
+    to_format: str,
+    maps: tuple[str, ...],
+    on_error: str,
+    max_samples: int | None,
+    seed: int,
+    force: bool,
+) -> None:
+    """Convert IN (json, jsonl, csv, tsv, parquet, xlsx or a save_to_disk folder) to OUT (.json or .jsonl).
+
+    \b
+    Examples:
+      ftcore data convert qa.xlsx train.jsonl --map question=instruction,answer=output --to openai
+      ftcore data convert sharegpt.json xtuner.jsonl --to conversation
+    """
+    from .load import apply_format, detect_format, load_records, where_of
+
+    check_output(dst, force, (".json", ".jsonl"))
+    if src.exists() and dst.exists() and src.resolve() == dst.resolve():
+        raise FtcoreError("IN and OUT are the same file", where=str(dst), hint="write the converted data to another file")
+    mapping = parse_map(maps)
+    formats = _app(ctx).parts.formats
+    if from_format != "auto":
+        formats.part(from_format)  # unknown name: "did you mean" before reading any data
+    records = load_records(src, max_samples=max_samples, seed=seed)
+    rename_columns(records, mapping, str(src))
+    name = detect_format(records, formats, setting="--from") if from_format == "auto" else from_format
+    samples, report = apply_format(records, formats.get(name), on_error, skip_hint="--on-error skip")
+    target = TARGETS[to_format]
+    written: list[dict[str, Any]] = []
+    for i, sample in enumerate(samples):
+        try:
+            written.append(target(sample))
+        except FtcoreError as exc:
+            loc = where_of(samples, i)
+            if on_error == "raise":
+                raise FtcoreError(
+                    f"cannot write the record as {to_format}: {exc.message}", where=loc, hint="convert to openai instead, or pass --on-error skip"
+                ) from None
+            report.skipped += 1
+            report.kept -= 1
+            if len(report.problems) < 5:
+                report.problems.append(f"{loc}: {exc.message}")
+    if not written:
+        raise FtcoreError(f"no record could be written as {to_format}", hint="convert to openai, which holds any conversation")
+    write_records(dst, written)
+    out = _console()
+    detected = " (detected)" if from_format == "auto" else ""
+    out.print(f"[green]converted[/green] {src} ({name}{detected}, {report.total} records) -> {dst} ({to_format}): [bold]{len(written)}[/bold] written")
+    if mapping:
+        out.print("  renamed: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()))
+    _print_report(out, report)
+
+
+@data.command("split")
+@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
+@click.option("--test-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True, help="fraction of records for the test split")
+@click.option("--seed", type=int, default=42, show_default=True, help="seed for choosing the test records")
+@click.option("-o", "--output-dir", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="where to write the splits (default: next to IN)")
+@click.option("--force", is_flag=True, help="overwrite existing split files")
+def split_cmd(src: Path, test_ratio: float, seed: int, out_dir: Path | None, force: bool) -> None:
+    """Split IN into <stem>_train.<ext> and <stem>_test.<ext> (records keep their order).
+
+    A save_to_disk folder (or a folder of files) is written as .jsonl.
+    """
+    from .load import SUFFIXES, load_records
+
+    suffix = src.suffix.lower() if src.suffix.lower() in SUFFIXES and not src.is_dir() else ".jsonl"
+    suffix = ".jsonl" if suffix == ".ndjson" else suffix
+    stem = src.stem if not src.is_dir() else src.name
+    out_dir = out_dir or src.parent
+    train_path, test_path = out_dir / f"{stem}_train{suffix}", out_dir / f"{stem}_test{suffix}"
+    for path in (train_path, test_path):
+        check_output(path, force)
+    records = load_records(src)
+    n = len(records)
+    if n < 2:
+        raise FtcoreError(f"cannot split {n} record into train and test", where=str(src), hint="a split needs at least 2 records")
+    n_test = min(max(1, round(n * test_ratio)), n - 1)
+    test_idx = set(random.Random(seed).sample(range(n), n_test))
+    train = [r for i, r in enumerate(records) if i not in test_idx]
+    test = [r for i, r in enumerate(records) if i in test_idx]
+    write_records(train_path, train)
+    write_records(test_path, test)
+    out = _console()
+    out.print(f"[green]split[/green] {src} ({n} records, seed {seed}):")
+    out.print(f"  train  {len(train):>8}  -> {train_path}")
+    out.print(f"  test   {len(test):>8}  -> {test_path}")
+
+
+@data.command("self-cognition")
+@click.option("--name", required=True, help="the assistant's name, used in every answer")
+@click.option("--author", help="who built the assistant (mentioned in some answers)")
+@click.option("--n", "count", type=click.IntRange(min=1), default=10000, show_default=True, help="number of records")
+@click.option("--lang", type=click.Choice(["zh", "en", "both"]), default="both", show_default=True, help="language of questions and answers")
+@click.option("--seed", type=int, default=42, show_default=True, help="random seed (same seed, same file)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output file, .jsonl or .json (openai format)")
+@click.option("--force", is_flag=True, help="overwrite the output if it exists")
+def self_cognition_cmd(name: str, author: str | None, count: int, lang: str, seed: int, output: Path, force: bool) -> None:
+    """Generate a "who are you?" dataset that teaches the model its NAME (openai format)."""
+    from .self_cognition import self_cognition_records
+
+    check_output(output, force, (".json", ".jsonl"))
+    records = self_cognition_records(name, count, lang, seed, author=author)
+    write_records(output, records)
+    out = _console()
+    out.print(f"[green]wrote[/green] {len(records)} self-cognition records ({lang}, seed {seed}) -> {output}")
+    example = records[0]["messages"]
+    out.print(f"  e.g. user: {example[0]['content']}  assistant: {example[1]['content']}", markup=False)
+    out.print(f"  train on it with data.path={output} data.format=openai")
