@@ -318,7 +318,7 @@ class _Checker:
     def check_mapping(self, node: dict[str, Any], schema: dict[str, Field], prefix: str, allowed: Iterable[str] = ()) -> None:
         for key in list(node):
             if key not in schema and key not in allowed:
-                self.unknown(f"{prefix}{key}", str(key), schema)
+                self.unknown(f"{prefix}{key}", str(key), [*schema, *allowed])
         for key, spec in schema.items():
             path = f"{prefix}{key}"
             if key not in node or node[key] is None:
