@@ -41,3 +41,10 @@ def register_training_hooks(register) -> None:
 
     for name, target, description, options in BUILTIN_HOOKS:
         register(name, target, description, options)
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    from .data.commands import data  # imports only click; each command imports what it needs
+
+    cli.add_command(data)

@@ -49,6 +49,7 @@ def _list(app: App, kind: str | None, pattern: str | None, as_json: bool) -> Non
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
@@ -57,7 +58,7 @@ def _list(app: App, kind: str | None, pattern: str | None, as_json: bool) -> Non
         for col in ("name", "plugin", "description"):
             table.add_column(col)
         for row in (r for r in rows if r["kind"] == k):
-            table.add_row(row["name"], row["plugin"], row["description"])
+            table.add_row(escape(row["name"]), escape(row["plugin"]), escape(row["description"]))
         out.print(table)
         out.print()
 

@@ -19,7 +19,7 @@ def prompt_ids(tokenizer: Any, template: Any, messages: list[dict[str, Any]], sy
     """Token ids of the prompt for the next assistant turn (BOS as the template asks)."""
     from ..data.encode import render_prompt
 
-    text = render_prompt(messages, template, system=system)
+    text = render_prompt(messages, template, system=system, tokenizer=tokenizer, bos_token=tokenizer.bos_token)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if getattr(template, "bos", "first") != "none" and tokenizer.bos_token_id is not None and not getattr(template, "use_tokenizer_template", False):
         ids = [tokenizer.bos_token_id] + ids

@@ -169,7 +169,7 @@ def to_alpaca(sample: dict[str, Any]) -> dict[str, Any]:
     turns = _turns(sample, "alpaca")
     if any(s for s, _, _ in turns[1:]):
         _fail("a system message after the first turn cannot be written as alpaca")
-    system, user, assistant = turns[-1][0] if len(turns) == 1 else turns[0][0], turns[-1][1], turns[-1][2]
+    system, (_, user, assistant) = turns[0][0], turns[-1]
     out: dict[str, Any] = {"instruction": user, "input": "", "output": assistant}
     if system:
         out["system"] = system
@@ -236,13 +236,19 @@ def rename_columns(records: list[dict[str, Any]], mapping: dict[str, str], where
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _esc(value: Any) -> str:
+    from rich.markup import escape
+
+    return escape(str(value))
 
 
 def _print_report(out: Any, report: Any) -> None:
     if report.dropped:
         more = ", ..." if report.dropped > len(report.dropped_at) else ""
-        out.print(f"  dropped {report.dropped} record(s) on purpose (e.g. <nooutput>): {', '.join(report.dropped_at)}{more}")
+        out.print(f"  dropped {report.dropped} record(s) on purpose (e.g. <nooutput>): {', '.join(report.dropped_at)}{more}", markup=False)
     if report.skipped:
         out.print(f"  [yellow]skipped {report.skipped} malformed record(s):[/yellow]")
         for problem in report.problems:
@@ -322,9 +328,9 @@ def convert_cmd(
     write_records(dst, written)
     out = _console()
     detected = " (detected)" if from_format == "auto" else ""
-    out.print(f"[green]converted[/green] {src} ({name}{detected}, {report.total} records) -> {dst} ({to_format}): [bold]{len(written)}[/bold] written")
+    out.print(f"[green]converted[/green] {_esc(src)} ({name}{detected}, {report.total} records) -> {_esc(dst)} ({to_format}): [bold]{len(written)}[/bold] written")
     if mapping:
-        out.print("  renamed: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()))
+        out.print("  renamed: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()), markup=False)
     _print_report(out, report)
 
 
@@ -359,9 +365,9 @@ def split_cmd(src: Path, test_ratio: float, seed: int, out_dir: Path | None, for
     write_records(train_path, train)
     write_records(test_path, test)
     out = _console()
-    out.print(f"[green]split[/green] {src} ({n} records, seed {seed}):")
-    out.print(f"  train  {len(train):>8}  -> {train_path}")
-    out.print(f"  test   {len(test):>8}  -> {test_path}")
+    out.print(f"[green]split[/green] {_esc(src)} ({n} records, seed {seed}):")
+    out.print(f"  train  {len(train):>8}  -> {train_path}", markup=False)
+    out.print(f"  test   {len(test):>8}  -> {test_path}", markup=False)
 
 
 @data.command("self-cognition")
@@ -380,7 +386,7 @@ def self_cognition_cmd(name: str, author: str | None, count: int, lang: str, see
     records = self_cognition_records(name, count, lang, seed, author=author)
     write_records(output, records)
     out = _console()
-    out.print(f"[green]wrote[/green] {len(records)} self-cognition records ({lang}, seed {seed}) -> {output}")
+    out.print(f"[green]wrote[/green] {len(records)} self-cognition records ({lang}, seed {seed}) -> {_esc(output)}")
     example = records[0]["messages"]
     out.print(f"  e.g. user: {example[0]['content']}  assistant: {example[1]['content']}", markup=False)
-    out.print(f"  train on it with data.path={output} data.format=openai")
+    out.print(f"  train on it with data.path={output} data.format=openai", markup=False)

@@ -103,14 +103,14 @@ def where_of(records: Sequence[Any], i: int) -> str:
 
 
 def _missing(path: Path) -> FtcoreError:
-    hint = f"paths are relative to the current directory ({os.getcwd()})"
-    parent = path.parent if str(path.parent) else Path(".")
+    hint = f"relative paths start from the current directory, {os.getcwd()}"
+    parent = path.parent
     if parent.is_dir():
         siblings = [p.name for p in parent.iterdir()]
-        close = difflib.get_close_matches(path.name, siblings, n=3)
+        close = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.75)
         if close:
-            hint = f"did you mean {', '.join(str(parent / c) for c in close)}? ({hint})"
-    elif not parent.exists():
+            hint = f"did you mean {', '.join(str(parent / c) for c in close)}? {hint}"
+    else:
         hint = f"the folder {parent} does not exist either; {hint}"
     return FtcoreError("data file not found", where=str(path), hint=hint)
 
@@ -514,7 +514,7 @@ def _detects(fmt: DatasetFormat, record: Any) -> bool:
 
 
 def detect_format(records: Sequence[dict[str, Any]], formats: Any, *, sample: int = 5, setting: str = "data.format") -> str:
-    """The name of the one format whose ``detect`` matches each of the first ``sample`` records.
+    """The name of the one format whose ``detect`` matches most of the first ``sample`` records.
 
     ``formats`` is a formats ``Registry``, a ``{name: DatasetFormat}`` mapping or a list
     of formats. No match or several matches raise ``FtcoreError`` listing the candidates
@@ -525,23 +525,21 @@ def detect_format(records: Sequence[dict[str, Any]], formats: Any, *, sample: in
     if not head:
         raise FtcoreError("cannot detect the format of an empty dataset")
     counts = {name: sum(_detects(f, r) for r in head) for name, f in fmts.items() if f.detect is not None}
-    full = sorted(name for name, n in counts.items() if n == len(head))
+    best = max(counts.values(), default=0)
+    full = sorted(name for name, n in counts.items() if n == best and best)
     if len(full) == 1:
-        return full[0]
+        return full[0]  # records that do not fit are reported, with their field, by apply_format
     where = where_of(records, 0)
     undetectable = sorted(name for name, f in fmts.items() if f.detect is None)
     if full:
         raise FtcoreError(
-            f"cannot tell the dataset format: the first {len(head)} record(s) fit several formats: {', '.join(full)}",
+            f"cannot tell the dataset format: the first {len(head)} record(s) fit several formats equally well: {', '.join(full)}",
             where=where,
             hint=f"choose one with {setting}, e.g. {setting}={full[0]}",
         )
     first = head[0]
     keys = ", ".join(map(str, first)) if isinstance(first, dict) else type(first).__name__
-    partial = ", ".join(f"{name} ({n}/{len(head)})" for name, n in sorted(counts.items()) if n)
     msg = f"cannot tell the dataset format: no registered format matches the first {len(head)} record(s) (first record's fields: {keys})"
-    if partial:
-        msg += f"; partly matching: {partial}"
     hint = f"set {setting} to one of: {', '.join(sorted(fmts))} (see `ftcore list formats`)"
     if undetectable:
         hint += f"; {', '.join(undetectable)} {'is' if len(undetectable) == 1 else 'are'} never auto-detected"

@@ -117,7 +117,7 @@ def build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template:
     samples, fmt_report = apply_format(records, formats.get(fmt), on_error=data_cfg["on_error"])
     report.dropped_by_format = fmt_report.dropped
     report.skipped = fmt_report.skipped
-    report.skipped_where = list(fmt_report.skipped_where)
+    report.skipped_where = list(fmt_report.problems)
     if not samples:
         raise FtcoreError("no usable samples left after formatting", where=", ".join(map(str, data_paths(data_cfg))), hint="check data.format and the records (`ftcore data check`)")
     needs_template = any("messages" in s for s in samples)

@@ -1,0 +1,358 @@
+"""Conversations to text (by a PromptTemplate) and to token ids with label masks.
+
+A chat sample is ``{"messages": [{"role": "system"|"user"|"assistant", "content": str,
+"loss": bool}]}``; a pre-training sample is ``{"text": str}``. The rendering follows
+XTuner 0.1.x: for turn ``n`` (1-based) the untrained prompt is ``system.format(system=...)``
+(first turn only, when there is a system prompt) + ``instruction.format(input=...,
+round=n)``; the trained answer is the assistant text + ``suffix``, followed by EOS when
+``suffix_as_eos`` is false; ``sep`` (untrained) follows every turn. BOS goes where the
+template's ``bos`` policy says. The ``hf`` template (``use_tokenizer_template``) renders
+with the tokenizer's own Jinja ``chat_template`` instead.
+
+Encoding tokenises every text piece of a whole batch in one call of the tokenizer and
+assembles ids and labels with numpy; nothing here loops over tokens in Python.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from typing import Any, Sequence, TypedDict
+
+import numpy as np
+
+from ..errors import FtcoreError
+from .formats import Message, RecordError
+from .template import PromptTemplate
+
+#: The label of a token that is not trained (PyTorch's cross-entropy ignore_index).
+IGNORE_INDEX = -100
+
+ROLES = ("system", "user", "assistant")
+
+#: A piece of an encoded sample: a text to tokenise (``str``) or one token id (``int``),
+#: and whether it is trained.
+_Piece = tuple[str | int, bool]
+
+
+class EncodedBatch(TypedDict):
+    """What :func:`encode_batch` returns."""
+
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    #: for each kept sample, its index in the input list
+    indices: list[int]
+    #: samples cut to ``max_length``
+    truncated: int
+    #: samples left out because no trained token remained (after truncation)
+    dropped: int
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_messages(messages: Any, *, need_answer: bool) -> list[Message]:
+    """Validate a conversation's shape; raise :class:`RecordError` saying what is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise RecordError("the conversation is empty (messages must be a non-empty list)", "messages")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise RecordError(f"messages[{i}] must be a mapping with role and content, got {type(msg).__name__}", f"messages[{i}]")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise RecordError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
+        if not isinstance(msg.get("content"), str):
+            raise RecordError(f"messages[{i}].content must be a string, got {type(msg.get('content')).__name__}", f"messages[{i}].content")
+        if role == "assistant" and not isinstance(msg.get("loss", True), bool):
+            raise RecordError(f"messages[{i}].loss must be true or false, got {msg.get('loss')!r}", f"messages[{i}].loss")
+        if role == "system" and i != 0:
+            raise RecordError(f"messages[{i}] is a system message; only the first message may be one", f"messages[{i}].role")
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    if not body:
+        raise RecordError("the conversation has a system message but no user or assistant turn", "messages")
+    if body[0]["role"] != "user":
+        raise RecordError("the conversation starts with an assistant message; it must start with a user message (after an optional system message)", "messages")
+    for prev, cur in zip(body, body[1:]):
+        if prev["role"] == cur["role"]:
+            i = messages.index(cur)
+            raise RecordError(f"messages[{i}]: two {cur['role']} messages in a row; user and assistant turns must alternate", f"messages[{i}].role")
+    if need_answer:
+        if not any(m["role"] == "assistant" for m in body):
+            raise RecordError("the conversation has no assistant message, so there is nothing to train", "messages")
+        if body[-1]["role"] != "assistant":
+            raise RecordError("the conversation ends with a user message that has no answer; end it with an assistant message", "messages")
+    elif body[-1]["role"] != "user":
+        raise RecordError("a chat prompt must end with the user message to answer", "messages")
+    return messages
+
+
+def _system_prompt(messages: list[Message], template: PromptTemplate, system: str | None) -> str | None:
+    """The system prompt in force: the sample's, else the recipe's, else the template's default."""
+    if messages[0]["role"] == "system":
+        text: str | None = messages[0]["content"]
+    elif system is not None:
+        text = system
+    else:
+        text = template.default_system
+    if text and not template.system:
+        raise FtcoreError(
+            f"template {template.name!r} has no system slot, but the conversation has a system prompt",
+            hint="choose a template with a system field, or drop the system message / data.system",
+        )
+    return text or None
+
+
+def _is_hf(template: PromptTemplate | None) -> bool:
+    return bool(template is not None and template.use_tokenizer_template)
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def _template_pieces(
+    messages: list[Message],
+    template: PromptTemplate,
+    system: str | None,
+    *,
+    need_answer: bool,
+    bos_id: int | str | None = None,
+    eos_id: int | str | None = None,
+) -> list[_Piece]:
+    """A conversation as pieces by a named template (BOS/EOS only where their ids are given)."""
+    _check_messages(messages, need_answer=need_answer)
+    sys_text = _system_prompt(messages, template, system)
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    pieces: list[_Piece] = []
+    for n, start in enumerate(range(0, len(body), 2), start=1):
+        user = body[start]
+        if bos_id is not None and (template.bos == "every_turn" or (template.bos == "first" and n == 1)):
+            pieces.append((bos_id, False))
+        prompt = template.system.format(system=sys_text) if n == 1 and sys_text else ""
+        prompt += template.instruction.format(input=user["content"], round=n)
+        pieces.append((prompt, False))
+        if start + 1 >= len(body):  # the user message a chat prompt ends with
+            break
+        answer = body[start + 1]
+        trained = answer.get("loss", True)
+        pieces.append((answer["content"] + template.suffix, trained))
+        if not template.suffix_as_eos and eos_id is not None:
+            pieces.append((eos_id, trained))
+        if template.sep:
+            pieces.append((template.sep, False))
+    return pieces
+
+
+def _chat_template_of(tokenizer: Any) -> str:
+    if tokenizer is None:
+        raise FtcoreError("the hf template renders with the tokenizer's chat_template, so it needs the tokenizer")
+    chat_template = getattr(tokenizer, "chat_template", None)
+    if not chat_template:
+        raise FtcoreError(
+            "template 'hf' needs the tokenizer's own chat_template, but this tokenizer has none",
+            hint="choose a named template (`ftcore list templates`), or use a tokenizer whose tokenizer_config.json has a chat_template",
+        )
+    return chat_template
+
+
+def _hf_messages(messages: list[Message], system: str | None) -> list[dict[str, str]]:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if plain[0]["role"] != "system" and system:
+        plain.insert(0, {"role": "system", "content": system})
+    return plain
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except TemplateError as exc:  # e.g. the template's raise_exception("roles must alternate ...")
+        raise RecordError(f"the tokenizer's chat_template refused this conversation: {exc}", "messages") from None
+    if not isinstance(text, str):
+        raise FtcoreError(f"the tokenizer's apply_chat_template returned {type(text).__name__}, not text")
+    return text
+
+
+def _hf_pieces(messages: list[Message], tokenizer: Any, system: str | None) -> list[_Piece]:
+    """A conversation rendered by the tokenizer's chat_template, cut into trained/untrained spans.
+
+    The span of assistant turn ``k`` starts where the rendering of ``messages[:k]`` with
+    the generation prompt ends and stops where the rendering of ``messages[:k+1]`` ends,
+    so whatever the template writes to close the answer is trained with it.
+    """
+    _chat_template_of(tokenizer)
+    _check_messages(messages, need_answer=True)
+    plain = _hf_messages(messages, system)
+    offset = len(plain) - len(messages)  # 1 when the recipe's system prompt was put in front
+    losses = [True] * offset + [bool(m.get("loss", True)) for m in messages]
+    full = _apply(tokenizer, plain, False)
+    pieces: list[_Piece] = []
+    pos = 0
+    for k, msg in enumerate(plain):
+        if msg["role"] != "assistant":
+            continue
+        start = _apply(tokenizer, plain[:k], True)
+        end = _apply(tokenizer, plain[: k + 1], False)
+        if not (end.startswith(start) and full.startswith(end) and len(start) >= pos):
+            raise FtcoreError(
+                "cannot find the assistant turns in this tokenizer's chat_template: rendering a conversation's "
+                "prefix does not give a prefix of the whole rendering (the template rewrites earlier turns)",
+                hint="use a named template instead of hf",
+            )
+        pieces.append((full[pos : len(start)], False))
+        pieces.append((full[len(start) : len(end)], losses[k]))
+        pos = len(end)
+    pieces.append((full[pos:], False))
+    return [p for p in pieces if p[0] != ""]
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def render_segments(
+    messages: list[Message],
+    template: PromptTemplate,
+    system: str | None = None,
+    *,
+    tokenizer: Any = None,
+) -> list[tuple[str, bool]]:
+    """The conversation as text segments with a trained flag, in order.
+
+    ``system`` (a recipe's system prompt) is used when the sample has no system message;
+    when neither has one, ``template.default_system`` is. Segments per turn: the prompt
+    (system part on the first turn + instruction; untrained), the answer + ``suffix``
+    (trained unless the message has ``loss: false``) and ``sep`` (untrained). BOS and EOS
+    tokens are not text and are not included (:func:`encode_batch` adds them). The ``hf``
+    template needs ``tokenizer``. Raises :class:`RecordError` for a malformed conversation
+    (empty, assistant first, two user or assistant turns in a row, no assistant turn).
+    """
+    if _is_hf(template):
+        return [(str(text), trained) for text, trained in _hf_pieces(messages, tokenizer, system)]
+    pieces = _template_pieces(messages, template, system, need_answer=True)
+    return [(text, trained) for text, trained in pieces if isinstance(text, str) and text]
+
+
+def render_prompt(
+    messages: list[Message],
+    template: PromptTemplate,
+    system: str | None = None,
+    *,
+    tokenizer: Any = None,
+    bos_token: str | None = None,
+) -> str:
+    """The text to feed a model at chat time: the history, the last user message and the
+    generation prompt (the template's instruction ends where the answer starts).
+
+    ``messages`` alternate user/assistant (after an optional system message) and end with
+    a user message. The first BOS is the caller's to add (as an id, when ``template.bos``
+    is not ``none``); for ``bos: every_turn`` pass ``bos_token`` (the tokenizer's BOS text)
+    to have it written before each later turn, as in training. An EOS closing each past
+    answer (``suffix_as_eos`` false) is written as the tokenizer's EOS text when given
+    ``tokenizer``. The ``hf`` template renders with ``tokenizer.apply_chat_template``.
+    """
+    if _is_hf(template):
+        _chat_template_of(tokenizer)
+        _check_messages(messages, need_answer=False)
+        return _apply(tokenizer, _hf_messages(messages, system), True)
+    eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
+    bos = bos_token if template.bos != "none" else None
+    pieces = _template_pieces(messages, template, system, need_answer=False, bos_id=bos, eos_id=eos)
+    if bos is not None:
+        pieces = pieces[1:]  # the first BOS is the caller's (as an id)
+    return "".join(str(text) for text, _ in pieces)
+
+
+def encode_batch(
+    samples: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    template: PromptTemplate | None,
+    max_length: int,
+    system: str | None = None,
+) -> EncodedBatch:
+    """Token ids and labels for a batch of canonical samples.
+
+    Chat samples (``messages``) render by ``template``: labels are ``IGNORE_INDEX`` on
+    BOS, system, user and template text; assistant outputs plus ``suffix`` are trained,
+    and when ``template.suffix_as_eos`` is false an EOS token follows each output (trained
+    with it). ``template.bos``: ``first`` puts ``tokenizer.bos_token_id`` at the start,
+    ``every_turn`` before every turn, ``none`` nowhere (nor when the tokenizer has no
+    BOS). Text samples (``text``) are pre-training data: BOS (if the tokenizer has one) +
+    text + EOS (if it has one), every token trained, no template. Every text piece of the
+    batch is tokenised in one tokenizer call. Samples longer than ``max_length`` are cut
+    (counted in ``truncated``); samples left with no trained token are left out (counted in
+    ``dropped``); ``indices`` maps kept samples back to ``samples``.
+    """
+    if max_length < 1:
+        raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
+    bos_id = tokenizer.bos_token_id
+    eos_id = tokenizer.eos_token_id
+    hf = _is_hf(template)
+    texts: list[str] = []
+    kinds: list[int] = []  # per piece: index into texts, or -1 for a token id
+    tokens: list[int] = []  # per piece: the token id, or 0
+    trained: list[bool] = []
+    owner: list[int] = []  # per piece: the sample it belongs to
+    for i, sample in enumerate(samples):
+        try:
+            if "messages" in sample:
+                if template is None:
+                    raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`")
+                if hf:
+                    pieces = _hf_pieces(sample["messages"], tokenizer, system)
+                else:
+                    pieces = _template_pieces(
+                        sample["messages"],
+                        template,
+                        system,
+                        need_answer=True,
+                        bos_id=bos_id if template.bos != "none" else None,
+                        eos_id=eos_id,
+                    )
+            elif "text" in sample:
+                if not isinstance(sample["text"], str):
+                    raise RecordError(f"field 'text' must be a string, got {type(sample['text']).__name__}", "text")
+                pieces = [(bos_id, True)] if bos_id is not None else []
+                pieces.append((sample["text"], True))
+                if eos_id is not None:
+                    pieces.append((eos_id, True))
+            else:
+                raise RecordError("a sample needs 'messages' (chat) or 'text' (pre-training)", "messages")
+        except RecordError as exc:
+            raise RecordError(f"sample {i}: {exc.message}", exc.field) from None
+        for piece, is_trained in pieces:
+            if isinstance(piece, str):
+                if not piece:
+                    continue
+                kinds.append(len(texts))
+                tokens.append(0)
+                texts.append(piece)
+            else:
+                kinds.append(-1)
+                tokens.append(int(piece))
+            trained.append(bool(is_trained))
+            owner.append(i)
+
+    encoded: list[list[int]] = []
+    if texts:  # one call for the whole batch; masks are not needed
+        encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    chunks = [encoded[k] if k >= 0 else (tok,) for k, tok in zip(kinds, tokens)]
+    lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
+    total = int(lengths.sum())
+    ids = np.fromiter(chain.from_iterable(chunks), dtype=np.int64, count=total)
+    token_trained = np.repeat(np.asarray(trained, dtype=bool), lengths)
+    labels = np.where(token_trained, ids, IGNORE_INDEX)
+    sample_lengths = np.bincount(np.asarray(owner, dtype=np.int64), weights=lengths, minlength=len(samples)).astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(sample_lengths)[:-1])) if len(samples) else np.zeros(0, dtype=np.int64)
+
+    out: EncodedBatch = {"input_ids": [], "labels": [], "indices": [], "truncated": 0, "dropped": 0}
+    for i, (start, length) in enumerate(zip(starts.tolist(), sample_lengths.tolist())):
+        if length > max_length:
+            out["truncated"] += 1
+            length = max_length
+        sample_labels = labels[start : start + length]
+        if not token_trained[start : start + length].any():
+            out["dropped"] += 1
+            continue
+        out["input_ids"].append(ids[start : start + length].tolist())
+        out["labels"].append(sample_labels.tolist())
+        out["indices"].append(i)
+    return out

@@ -1,0 +1,218 @@
+"""Loading records from every supported file type, with file:line locations and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftcore.data.formats import RecordError
+from ftcore.data.load import FormatReport, apply_format, load_records, load_samples
+from ftcore.errors import FtcoreError
+from ftcore_formats.formats import FORMATS
+
+F = {f.name: f for f in FORMATS}
+ALPACA = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(4)]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def error(paths, **kw) -> str:
+    with pytest.raises(FtcoreError) as info:
+        load_records(paths, **kw)
+    return str(info.value)
+
+
+# -- each file type -----------------------------------------------------------------------
+
+
+def test_jsonl_records_know_their_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n', encoding="utf-8")
+    records = load_records(str(path))
+    assert records == [{"a": 1}, {"a": 2}]
+    assert records.where(1) == f"{path}:3"
+
+
+def test_json_list_records_know_line_and_index(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(ALPACA[:3], indent=2), encoding="utf-8")
+    records = load_records(path)
+    assert records == ALPACA[:3]
+    assert records.where(0) == f"{path}:2 (item [0])"
+    assert records.where(2) == f"{path}:12 (item [2])"
+
+
+def test_json_dict_of_lists_is_an_error_with_hint(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"train": ALPACA, "test": ALPACA}), encoding="utf-8")
+    text = error(path)
+    assert "object of lists" in text and "train, test" in text and "hint:" in text
+
+
+def test_csv_rows_know_their_line_and_empty_cells_are_none(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('instruction,input,output\nq1,,a1\n"multi\nline",x,a2\n', encoding="utf-8")
+    records = load_records(path)
+    assert records[0] == {"instruction": "q1", "input": None, "output": "a1"}
+    assert records[1]["instruction"] == "multi\nline"
+    assert records.where(1) == f"{path}:3"
+
+
+def test_tsv(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text("text\tid\nhello\t1\n", encoding="utf-8")
+    assert load_records(path) == [{"text": "hello", "id": "1"}]
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(ALPACA), path)
+    records = load_records(path)
+    assert records == ALPACA
+    assert records.where(3) == f"{path}:row 4"
+
+
+def test_xlsx_written_with_openpyxl(tmp_path):
+    import openpyxl
+
+    path = tmp_path / "d.xlsx"
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["question", "answer"])
+    sheet.append(["What is 6*7?", 42])
+    sheet.append([None, None])  # blank rows are skipped
+    sheet.append(["Capital of France?", "Paris"])
+    book.save(path)
+    records = load_records(path)
+    assert records == [{"question": "What is 6*7?", "answer": "42"}, {"question": "Capital of France?", "answer": "Paris"}]
+    assert records.where(1) == f"{path}:row 4"
+
+
+def test_save_to_disk_folder(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    Dataset.from_list(ALPACA).save_to_disk(str(tmp_path / "saved"))
+    records = load_records(tmp_path / "saved")
+    assert records == ALPACA
+    DatasetDict({"train": Dataset.from_list(ALPACA)}).save_to_disk(str(tmp_path / "dd"))
+    text = error(tmp_path / "dd")
+    assert "splits train" in text and str(tmp_path / "dd" / "train") in text
+
+
+def test_several_files_are_concatenated_with_their_own_locations(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", ALPACA[:2])
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(ALPACA[2:]), encoding="utf-8")
+    records = load_records([a, str(b)])
+    assert records == ALPACA
+    assert records.where(1) == f"{a}:2" and records.where(2).startswith(f"{b}:1")
+
+
+def test_max_samples_is_a_seeded_subset(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"i": i} for i in range(50)])
+    one = load_records(path, max_samples=10, seed=1)
+    assert len(one) == 10 and one == load_records(path, max_samples=10, seed=1)
+    assert one != load_records(path, max_samples=10, seed=2)
+    assert [r["i"] for r in one] == sorted(r["i"] for r in one)
+    assert one.where(0) == f"{path}:{one[0]['i'] + 1}"
+    assert len(load_records(path, max_samples=500)) == 50
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_malformed_jsonl_line_reports_file_line_and_snippet(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3,, "b": "snippet-here"}\n', encoding="utf-8")
+    text = error(path)
+    assert f"{path}:3" in text and '{"a": 3,, "b": "snippet-here"}' in text and "column 9" in text
+
+
+def test_malformed_json_file_reports_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n  {"a": 1},\n  {"a": 2\n]\n', encoding="utf-8")
+    assert f"{path}:4" in error(path)
+
+
+def test_non_object_line_is_an_error(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
+    assert f"{path}:2" in error(path) and "array" in error(path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_bad_encoding_names_line_and_byte(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    lines = {".jsonl": ['{"text": "ok"}', '{"text": "ok"}', '{"text": "你好"}'],
+             ".json": ['[{"text": "ok"},', '{"text": "ok"},', '{"text": "你好"}]'],
+             ".csv": ["text", "ok", "你好"]}[suffix]
+    path.write_bytes("\n".join(lines).encode("gbk"))
+    text = error(path)
+    assert f"{path}:3" in text and "UTF-8" in text and "byte 0x" in text and "GBK" in text
+
+
+def test_unknown_extension_lists_supported(tmp_path):
+    path = tmp_path / "d.txt"
+    path.write_text("hello", encoding="utf-8")
+    text = error(path)
+    assert "'.txt'" in text and ".jsonl" in text and ".xlsx" in text and "save_to_disk" in text
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]", "instruction,output\n"])
+def test_empty_dataset_is_an_error(tmp_path, content):
+    path = tmp_path / ("d.csv" if "," in content else "d.json" if content == "[]" else "d.jsonl")
+    path.write_text(content, encoding="utf-8")
+    assert "no records" in error(path) or "no rows" in error(path)
+
+
+def test_missing_file_suggests_a_close_name(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", ALPACA)
+    text = error(tmp_path / "trian.jsonl")
+    assert "not found" in text and "train.jsonl" in text
+
+
+# -- apply_format -----------------------------------------------------------------------
+
+
+def test_apply_format_raise_names_file_line_and_field(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [ALPACA[0], {"instruction": "q"}, ALPACA[1]])
+    with pytest.raises(RecordError) as info:
+        apply_format(load_records(path), F["alpaca"])
+    assert info.value.field == "output" and info.value.where == f"{path}:2"
+    assert f"{path}:2" in str(info.value) and "'output'" in str(info.value) and "on_error" in str(info.value)
+
+
+def test_apply_format_skip_reports_count_and_locations(tmp_path):
+    bad = {"instruction": "q"}
+    nooutput = {"instruction": "q", "output": "<nooutput>"}
+    path = write_jsonl(tmp_path / "d.jsonl", [ALPACA[0], bad, nooutput, bad, ALPACA[1]])
+    samples, report = apply_format(load_records(path), F["alpaca"], on_error="skip")
+    assert isinstance(report, FormatReport)
+    assert (report.total, report.kept, report.dropped, report.skipped) == (5, 2, 1, 2)
+    assert report.dropped_at == [f"{path}:3"]
+    assert report.problems[0].startswith(f"{path}:2") and report.problems[1].startswith(f"{path}:4")
+    assert samples.where(1) == f"{path}:5"
+    assert "2 malformed" in report.summary()
+
+
+def test_apply_format_with_no_samples_left_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "q"}] * 3)
+    with pytest.raises(FtcoreError, match="no samples left"):
+        apply_format(load_records(path), F["alpaca"], on_error="skip")
+    with pytest.raises(FtcoreError, match="on_error"):
+        apply_format(load_records(path), F["alpaca"], on_error="ignore")
+
+
+def test_load_samples_detects_the_format(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ALPACA)
+    samples, report = load_samples(path, "auto", F)
+    assert report.format == "alpaca" and len(samples) == 4
+    assert samples[0]["messages"][1] == {"role": "assistant", "content": "a0"}
