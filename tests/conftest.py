@@ -33,3 +33,24 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_cache(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
     """Keep data/conversion caches out of the user's home during tests."""
     monkeypatch.setenv("FTCORE_CACHE_DIR", str(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama-layout checkpoint with its tokenizer."""
+    from ftcore.models.tiny import make_tiny_causal_lm
+
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def self_cognition_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 English "who are you" samples for the assistant "Zed" (openai format JSONL)."""
+    import json
+
+    from ftcore.data.self_cognition import self_cognition_records
+
+    path = tmp_path_factory.mktemp("data") / "self_cognition.jsonl"
+    records = self_cognition_records("Zed", 64, "en", 0)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

@@ -13,15 +13,9 @@ from . import __version__
 from .app import App
 from .errors import FtcoreError
 from .parts import KINDS
+from .ui import console
 
 OVERRIDES_HELP = "key=value overrides with dotted paths, e.g. train.lr=1e-4 data.pack=false"
-
-
-def console(stderr: bool = False) -> Any:
-    """A rich console (imported lazily: rich costs a few ms)."""
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
 def _report_plugin_failures(app: App) -> None:

@@ -51,3 +51,35 @@ def make_tokenizer(out_dir: str | Path, vocab_size: int = 1024, extra_corpus: li
     )
     fast.save_pretrained(str(out))
     return out
+
+
+def make_tiny_causal_lm(out_dir: str | Path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, intermediate: int = 128, seed: int = 0, init_std: float = 0.15, tokenizer_dir: str | Path | None = None) -> Path:
+    """A tiny random HF-layout causal LM (``llama`` or ``qwen2``) with a tokenizer, saved as safetensors.
+
+    ``init_std`` is larger than real models use so that a frozen random LM head can still
+    express confident predictions: LoRA on a tiny random model then learns visibly.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    if tokenizer_dir is None:
+        make_tokenizer(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in Path(tokenizer_dir).iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens")):
+                shutil.copy(f, out / f.name)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
+    config = config_cls(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+        initializer_range=init_std,
+    )
+    torch.manual_seed(seed)
+    model_cls(config).save_pretrained(str(out), safe_serialization=True)
+    return out

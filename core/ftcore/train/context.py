@@ -31,6 +31,6 @@ class RunContext:
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Print on the main process only."""
         if self.is_main:
-            from rich.console import Console
+            from ..ui import console
 
-            Console(highlight=False).print(*args, **kwargs)
+            console().print(*args, **kwargs)

@@ -67,7 +67,7 @@ class Run:
 
     def build(self) -> None:
         from ..data.pipeline import prepare_data
-        from ..models.loading import load_base_model, prepare_for_training, resolve_precision
+        from ..models.loading import count_parameters, load_base_model, prepare_for_training, resolve_precision
         from .strategy import resolve_device
 
         recipe, parts, ctx = self.recipe, self.parts, self.ctx
@@ -94,6 +94,9 @@ class Run:
         )
         model = load_base_model(model_cfg, builder, strategy.device, self.precision)
         model = prepare_for_training(model, model_cfg, recipe["adapter"])
+        trainable, total = count_parameters(model)
+        quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
+        self.log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({recipe['adapter']['kind']}{quant}), {self.precision} on {strategy.device}")
         from .optim import build_optimizer, build_scheduler
 
         params = [p for p in model.parameters() if p.requires_grad]
