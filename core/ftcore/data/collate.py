@@ -35,9 +35,8 @@ def collate_rows(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: in
         "labels": torch.from_numpy(labels),
         "position_ids": torch.from_numpy(position_ids),
     }
-    extra_keys = [k for k in rows[0] if k not in ("input_ids", "labels", "position_ids", "cu_seqlens")]
-    for key in extra_keys:
-        batch[key] = [r[key] for r in rows]
+    for key in (k for k in rows[0] if k not in ("input_ids", "labels", "position_ids", "cu_seqlens")):
+        batch[key] = [r[key] for r in rows]  # per-row lists of per-sample extras (e.g. image paths)
     return batch
 
 

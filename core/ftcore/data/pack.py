@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ class PackedData:
     sample_starts: np.ndarray
     row_starts: np.ndarray
     max_length: int
+    #: per-sample values carried into batches (e.g. ``image`` paths), in packed sample order
+    extras: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.row_starts) - 1
@@ -44,12 +47,15 @@ class PackedData:
         lo, hi = bounds[0], bounds[-1]
         lengths = np.diff(bounds)
         positions = np.arange(hi - lo) - np.repeat(bounds[:-1] - lo, lengths)
-        return {
+        row = {
             "input_ids": self.tokens[lo:hi],
             "labels": self.labels[lo:hi],
             "position_ids": positions,
             "cu_seqlens": bounds - lo,
         }
+        for key, values in self.extras.items():
+            row[key] = values[s0:s1]
+        return row
 
     def efficiency(self) -> float:
         """Real tokens / row capacity (1.0 = no padding at all)."""
@@ -63,11 +69,13 @@ class PackedData:
         for name in ("tokens", "labels", "sample_starts", "row_starts"):
             np.save(folder / f"{name}.npy", getattr(self, name))
         (folder / "max_length").write_text(str(self.max_length))
+        (folder / "extras.json").write_text(json.dumps(self.extras))
 
     @classmethod
     def load(cls, folder: Path) -> "PackedData":
         arrays = {n: np.load(folder / f"{n}.npy") for n in ("tokens", "labels", "sample_starts", "row_starts")}
-        return cls(**arrays, max_length=int((folder / "max_length").read_text()))
+        extras = json.loads((folder / "extras.json").read_text()) if (folder / "extras.json").is_file() else {}
+        return cls(**arrays, max_length=int((folder / "max_length").read_text()), extras=extras)
 
 
 def _flatten(input_ids: list[list[int]], labels: list[list[int]], order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,11 +87,21 @@ def _flatten(input_ids: list[list[int]], labels: list[list[int]], order: np.ndar
     return tokens, labs, starts
 
 
-def pack(input_ids: list[list[int]], labels: list[list[int]], max_length: int, *, packed: bool = True, shuffle: bool = True, seed: int = 42) -> PackedData:
+def pack(
+    input_ids: list[list[int]],
+    labels: list[list[int]],
+    max_length: int,
+    *,
+    packed: bool = True,
+    shuffle: bool = True,
+    seed: int = 42,
+    extras: dict[str, list] | None = None,
+) -> PackedData:
     """Shuffle (seeded) then pack samples into rows of at most ``max_length`` tokens.
 
     With ``packed=False`` each sample is its own row. Packing is next-fit over the
     shuffled order: deterministic under a seed, and no token is lost or duplicated.
+    ``extras`` are per-sample values (aligned with ``input_ids``) that follow their sample.
     """
     n = len(input_ids)
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
@@ -106,4 +124,5 @@ def pack(input_ids: list[list[int]], labels: list[list[int]], max_length: int, *
             used += length
         rows_list.append(n)
         rows = np.asarray(rows_list if n else [0], dtype=np.int64)
-    return PackedData(tokens, labs, starts, rows, max_length)
+    carried = {key: [values[i] for i in order.tolist()] for key, values in (extras or {}).items()}
+    return PackedData(tokens, labs, starts, rows, max_length, carried)

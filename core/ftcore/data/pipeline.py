@@ -13,7 +13,9 @@ from typing import Any, Callable
 from ..errors import FtcoreError
 from .pack import PackedData, pack
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
+#: Sample keys (besides the text) carried from records into batches, e.g. an image path.
+CARRIED_KEYS = ("image",)
 ENCODE_CHUNK = 2048
 
 
@@ -88,18 +90,23 @@ def default_cache_dir() -> Path:
     return Path(root) / "data"
 
 
-def encode_all(samples: list[dict[str, Any]], tokenizer: Any, template: Any, data_cfg: dict[str, Any], report: DataReport) -> tuple[list[list[int]], list[list[int]]]:
+def encode_all(samples: list[dict[str, Any]], tokenizer: Any, template: Any, data_cfg: dict[str, Any], report: DataReport) -> tuple[list[list[int]], list[list[int]], dict[str, list]]:
+    """Encode in chunks; returns ids, labels and the carried extras of the kept samples."""
     from .encode import encode_batch
 
     input_ids: list[list[int]] = []
     labels: list[list[int]] = []
+    kept: list[int] = []
     for start in range(0, len(samples), ENCODE_CHUNK):
         out = encode_batch(samples[start : start + ENCODE_CHUNK], tokenizer, template, data_cfg["max_length"], system=data_cfg["system"])
         input_ids.extend(out["input_ids"])
         labels.extend(out["labels"])
+        kept.extend(start + i for i in out["indices"])
         report.truncated += out["truncated"]
         report.dropped_empty += out["dropped"]
-    return input_ids, labels
+    keys = [k for k in CARRIED_KEYS if any(k in s for s in samples)]
+    extras = {k: [samples[i].get(k) for i in kept] for k in keys}
+    return input_ids, labels, extras
 
 
 def build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template: Any, seed: int, log: Callable[[str], None] = print) -> tuple[PackedData, DataReport]:
@@ -123,10 +130,10 @@ def build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template:
     needs_template = any("messages" in s for s in samples)
     if needs_template and template is None:
         raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")
-    input_ids, labels = encode_all(samples, tokenizer, template, data_cfg, report)
+    input_ids, labels, extras = encode_all(samples, tokenizer, template, data_cfg, report)
     if not input_ids:
         raise FtcoreError("every sample was dropped while encoding (no trained tokens left)", where="data", hint="raise data.max_length or check the template")
-    packed = pack(input_ids, labels, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed)
+    packed = pack(input_ids, labels, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras)
     fill_counts(report, packed)
     return packed, report
 

@@ -20,3 +20,7 @@ class ModelBuilder(Protocol):
     def load_model(self, path: str, **kwargs: Any) -> Any: ...
 
     def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None: ...
+
+    # Optional: ``prepare_batch(batch) -> batch`` turns carried per-sample extras (lists in
+    # the batch, e.g. ``image`` paths) into model inputs (e.g. ``pixel_values``) while
+    # collating; builders without extras need not define it.

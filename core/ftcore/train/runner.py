@@ -82,7 +82,7 @@ class Run:
             for hook in self.hooks:
                 hook.setup(ctx)
         strategy.barrier()
-        builder = parts.models.get(model_cfg["builder"])
+        builder = self.builder = parts.models.get(model_cfg["builder"])
         tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -109,7 +109,9 @@ class Run:
     def collate(self, rows: list[int]) -> dict[str, Any]:
         from ..data.collate import collate_rows
 
-        return collate_rows([self.ctx.data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id)
+        batch = collate_rows([self.ctx.data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id)
+        prepare = getattr(self.builder, "prepare_batch", None)  # e.g. images -> pixel_values
+        return prepare(batch) if prepare else batch
 
     def save(self) -> Path:
         ctx, strategy = self.ctx, self.ctx.strategy

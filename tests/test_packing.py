@@ -1,0 +1,138 @@
+"""Packing: no token lost or duplicated, positions and boundaries, determinism, and attention kept inside samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ftcore.data.collate import collate_rows
+from ftcore.data.pack import IGNORE, pack
+
+
+def samples(n: int, seed: int = 0, max_len: int = 40):
+    rng = np.random.default_rng(seed)
+    ids, labels = [], []
+    for i in range(n):
+        length = int(rng.integers(3, max_len))
+        x = rng.integers(10, 500, size=length).tolist()
+        y = [IGNORE] * (length // 2) + x[length // 2 :]
+        ids.append(x)
+        labels.append(y)
+    return ids, labels
+
+
+def test_no_token_lost_or_duplicated_and_rows_fit() -> None:
+    ids, labels = samples(200)
+    packed = pack(ids, labels, 64, seed=3)
+    assert packed.num_samples == 200
+    assert (packed.row_lengths() <= 64).all()
+    # every sample appears exactly once, intact
+    got = sorted(tuple(packed.tokens[a:b].tolist()) for a, b in zip(packed.sample_starts[:-1], packed.sample_starts[1:]))
+    assert got == sorted(tuple(x) for x in ids)
+    assert len(packed) < 200 and packed.efficiency() > 0.7
+
+
+def test_positions_restart_and_boundaries_are_right() -> None:
+    ids, labels = samples(50, seed=1)
+    packed = pack(ids, labels, 64, seed=0)
+    for r in range(len(packed)):
+        row = packed.row(r)
+        bounds = row["cu_seqlens"]
+        assert bounds[0] == 0 and bounds[-1] == len(row["input_ids"])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            assert row["position_ids"][a:b].tolist() == list(range(b - a))
+            assert row["labels"][a] == IGNORE  # a sample's first token is never a target
+
+
+def test_labels_follow_their_tokens() -> None:
+    ids, labels = samples(30, seed=2)
+    packed = pack(ids, labels, 64, seed=5)
+    by_tokens = {tuple(x): y for x, y in zip(ids, labels)}
+    for a, b in zip(packed.sample_starts[:-1], packed.sample_starts[1:]):
+        expected = list(by_tokens[tuple(packed.tokens[a:b].tolist())])
+        expected[0] = IGNORE
+        assert packed.labels[a:b].tolist() == expected
+
+
+def test_deterministic_under_a_seed_and_shuffled_by_it() -> None:
+    ids, labels = samples(100)
+    a, b, c = pack(ids, labels, 64, seed=7), pack(ids, labels, 64, seed=7), pack(ids, labels, 64, seed=8)
+    assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.row_starts, b.row_starts)
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_unpacked_mode_is_one_sample_per_row() -> None:
+    ids, labels = samples(20)
+    packed = pack(ids, labels, 64, packed=False)
+    assert len(packed) == 20 and sorted(packed.row_lengths().tolist()) == sorted(len(x) for x in ids)
+
+
+def test_collate_pads_with_ignored_labels_and_restarting_positions() -> None:
+    ids, labels = samples(10)
+    packed = pack(ids, labels, 64)
+    batch = collate_rows([packed.row(0), packed.row(1)], pad_id=0)
+    width = batch["input_ids"].shape[1]
+    assert width % 8 == 0 and width >= max(packed.row_lengths()[:2])
+    for i in range(2):
+        k = int(packed.row_lengths()[i])
+        assert (batch["labels"][i, k:] == IGNORE).all()
+        assert batch["position_ids"][i, k:].tolist() == list(range(width - k))
+
+
+def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama) -> None:
+    """Whatever attention path training uses, a packed row equals its samples run separately."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftcore.train.loop import loss_sum
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), attn_implementation="sdpa", dtype=torch.float32)
+    ids, labels = samples(6, seed=4, max_len=30)
+    packed = pack(ids, labels, 128, shuffle=False)
+    assert len(packed) == 1 and packed.num_samples == 6
+
+    model.zero_grad()
+    batch = collate_rows([packed.row(0)], pad_id=0)
+    packed_loss, packed_n = loss_sum(model, batch)
+    packed_loss.backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    total, n_total = 0.0, 0
+    for x, y in zip(ids, labels):
+        y = [IGNORE] + y[1:]
+        single = {"input_ids": torch.tensor([x]), "labels": torch.tensor([y]), "position_ids": torch.arange(len(x))[None]}
+        loss, n = loss_sum(model, single)
+        loss.backward()
+        total += float(loss.detach())
+        n_total += n
+    assert packed_n == n_total
+    assert abs(float(packed_loss) - total) / total < 1e-5
+    for name, p in model.named_parameters():
+        ref = p.grad
+        err = (packed_grads[name] - ref).norm() / ref.norm().clamp_min(1e-12)
+        assert err < 1e-5, name
+
+
+def test_data_pipeline_caches_and_second_run_says_so(tmp_path, tiny_llama, self_cognition_file) -> None:
+    from transformers import AutoTokenizer
+
+    from ftcore.data.pipeline import prepare_data
+    from ftcore.parts import collect_parts
+    from ftcore.plugins import get_plugin_manager
+
+    parts = collect_parts(get_plugin_manager())
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    cfg = {"path": str(self_cognition_file), "format": "auto", "max_length": 128, "pack": True, "shuffle": True, "max_samples": None,
+           "on_error": "raise", "system": None, "cache": True, "cache_dir": str(tmp_path / "cache")}
+    logs: list[str] = []
+    first, report1 = prepare_data(cfg, parts.formats, tok, parts.templates.get("internlm2_chat"), 0, log=logs.append)
+    assert any("detected: openai" in l for l in logs) and not report1.cached
+    logs.clear()
+    second, report2 = prepare_data(cfg, parts.formats, tok, parts.templates.get("internlm2_chat"), 0, log=logs.append)
+    assert report2.cached and any("using cached data" in l for l in logs)
+    assert np.array_equal(first.tokens, second.tokens) and np.array_equal(first.labels, second.labels)
+    # any change that shapes the result misses the cache
+    third, report3 = prepare_data({**cfg, "max_length": 96}, parts.formats, tok, parts.templates.get("internlm2_chat"), 0, log=logs.append)
+    assert not report3.cached
