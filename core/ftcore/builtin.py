@@ -33,6 +33,7 @@ def register_model_builders(register) -> None:
 @hookimpl
 def register_strategies(register) -> None:
     register("single", "ftcore.train.strategy:SingleStrategy", "one process: one CUDA device or the CPU")
+    register("ddp", "ftcore.train.strategy:DDPStrategy", "DistributedDataParallel: one process per GPU (NCCL), or CPU processes (gloo)")
 
 
 @hookimpl

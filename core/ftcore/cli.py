@@ -166,20 +166,41 @@ def create_cli(app: App | None = None) -> click.Group:
 
         click.echo(load_recipe(recipe, app.parts, overrides).to_yaml(), nl=False)
 
-    @cli.command("run", context_settings={"ignore_unknown_options": False})
+    @cli.command("run")
     @click.option("--recipe", "-r", "recipe_ref", required=True, help="a registered recipe name or a YAML file")
     @click.argument("overrides", nargs=-1)
     @click.option("--work-dir", help="where checkpoints and logs go (overrides work_dir)")
     @click.option("--dry-run", is_flag=True, help="validate and print the plan; load nothing")
     @click.option("--resume", is_flag=False, flag_value="auto", default=None, help="resume: auto (latest checkpoint in work_dir) or a checkpoint PATH")
-    def run_cmd(recipe_ref: str, overrides: tuple[str, ...], work_dir: str | None, dry_run: bool, resume: str | None) -> None:
+    @click.option("--nproc-per-node", help="processes on this machine (a number or auto = every GPU); env NPROC_PER_NODE")
+    @click.option("--nnodes", type=int, help="machines taking part (env NNODES)")
+    @click.option("--node-rank", type=int, help="this machine's rank, 0..nnodes-1 (env NODE_RANK)")
+    @click.option("--master-addr", help="address of the rank-0 machine (env ADDR)")
+    @click.option("--master-port", type=int, help="port on the rank-0 machine (env PORT)")
+    def run_cmd(recipe_ref: str, overrides: tuple[str, ...], work_dir: str | None, dry_run: bool, resume: str | None,
+                nproc_per_node: str | None, nnodes: int | None, node_rank: int | None, master_addr: str | None, master_port: int | None) -> None:
         """Fine-tune with a recipe. OVERRIDES are key=value pairs, e.g. train.lr=1e-4."""
         from .recipe import load_recipe
+        from .train.launch import Launch, relaunch, under_launcher
 
         recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True)
+        launch = Launch.resolve(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        overrides = tuple(overrides)
+        if launch.world_size > 1 and not under_launcher():
+            if not recipe["distributed"]:
+                raise FtcoreError(f"recipe {recipe.name} runs on one device only (distributed: false)", hint="drop --nproc-per-node/--nnodes, or set distributed=true if you know it works")
+            if recipe["strategy"]["name"] == "single":
+                click.echo(f"running on {launch.world_size} processes: using strategy ddp (set strategy.name=zero2 etc. to choose)")
+                overrides += ("strategy.name=ddp",)
         if dry_run:
-            print_plan(recipe, app)
+            print_plan(load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True), app)
+            if launch.world_size > 1:
+                click.echo(f"launch    {launch.nproc_per_node} process(es) x {launch.nnodes} node(s), this node rank {launch.node_rank}, master {launch.master_addr}:{launch.master_port}")
             return
+        if launch.world_size > 1 and not under_launcher():
+            args = ["--recipe", recipe_ref, *overrides] + (["--work-dir", work_dir] if work_dir else []) + (["--resume", resume] if resume else [])
+            sys.exit(relaunch(launch, args))
+        recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True)
         from .train.runner import run_training
 
         run_training(recipe, app.parts, resume=resume)

@@ -8,7 +8,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import FtcoreError
 
@@ -94,20 +94,23 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(work_dir: Path, step: int, write: Callable[[Path], None], state: dict[str, Any], keep: int) -> Path:
-    """Write ``checkpoint-STEP`` atomically, move the ``latest`` pointer, drop old ones.
-
-    ``write(folder)`` fills a temporary folder (weights, optimizer, RNG); the state file is
-    written last with ``complete: true``, then the folder is renamed into place. A crash at
-    any point leaves either the previous checkpoints or the new complete one, never a
-    half-written ``checkpoint-STEP``.
-    """
+def begin_checkpoint(work_dir: Path, step: int) -> Path:
+    """A fresh temporary folder for ``checkpoint-STEP`` (a fixed name every rank can find)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    final = work_dir / f"checkpoint-{step}"
-    tmp = work_dir / f".tmp-checkpoint-{step}-{os.getpid()}"
+    tmp = work_dir / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write(tmp)
+    return tmp
+
+
+def finish_checkpoint(work_dir: Path, step: int, tmp: Path, state: dict[str, Any], keep: int) -> Path:
+    """Mark ``tmp`` complete, rename it to ``checkpoint-STEP``, move ``latest``, drop old ones.
+
+    The state file is written last with ``complete: true``, then the folder is renamed into
+    place: a crash at any point leaves the previous checkpoints or the new complete one,
+    never a half-written ``checkpoint-STEP``.
+    """
+    final = work_dir / f"checkpoint-{step}"
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "complete": True}, indent=2))
     if final.exists():
         trash = work_dir / f".trash-{final.name}-{os.getpid()}"

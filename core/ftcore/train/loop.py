@@ -135,11 +135,11 @@ class Trainer:
         # result is the token-weighted mean over the whole global batch.
         scale = strategy.world_size / total
         loss_value = 0.0
-        for batch in batches:
+        for i, batch in enumerate(batches):
             batch = {k: v.to(strategy.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with self._autocast():
                 lsum, _ = loss_sum(ctx.model, batch)
-            strategy.backward(lsum * scale)
+            strategy.backward(lsum * scale, last=i == len(batches) - 1)
             loss_value += float(lsum.detach())
         loss = strategy.all_reduce_sum(loss_value) / total
         if not math.isfinite(loss):

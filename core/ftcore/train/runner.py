@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import FtcoreError
-from .checkpoint import read_state, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import begin_checkpoint, finish_checkpoint, read_state, resolve_resume, rng_state, set_rng_state
 from .context import RunContext
 from .loop import Schedule, Trainer, total_steps
 
@@ -75,6 +76,8 @@ class Run:
         seed_everything(train_cfg["seed"])
         self.precision = resolve_precision(train_cfg["precision"], resolve_device(train_cfg["device"]))
         strategy = parts.strategies.get(recipe["strategy"]["name"])(recipe, self.precision)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and recipe["strategy"]["name"] == "single":
+            raise FtcoreError("strategy single cannot run in several processes", where="strategy.name", hint="use strategy.name=ddp or a ZeRO strategy (zero2, zero3, ...)")
         strategy.setup()
         ctx.strategy = strategy
         if ctx.is_main:
@@ -114,22 +117,28 @@ class Run:
         return prepare(batch) if prepare else batch
 
     def save(self) -> Path:
+        """Write ``checkpoint-STEP``; every rank takes part (sharded engines save their shards)."""
         ctx, strategy = self.ctx, self.ctx.strategy
         model = strategy.unwrap(ctx.model)
-
-        def write(folder: Path) -> None:
+        tmp = self.work_dir / f".tmp-checkpoint-{ctx.step}"
+        if ctx.is_main:
+            begin_checkpoint(self.work_dir, ctx.step)
+        strategy.barrier()
+        with strategy.gathered(model):
             if ctx.is_main:
-                _write_model(model, folder)
-                ctx.tokenizer.save_pretrained(str(folder))
-                (folder / "recipe.yaml").write_text(self.recipe.to_yaml())
-            strategy.save_state(folder)
-            if ctx.is_main:
-                import torch
+                _write_model(model, tmp)
+        strategy.save_state(tmp)
+        strategy.barrier()
+        folder = self.work_dir / f"checkpoint-{ctx.step}"
+        if ctx.is_main:
+            import torch
 
-                torch.save(rng_state(), folder / "rng.pt")
-
-        state = {"total_steps": ctx.total_steps, "epoch": ctx.step * self.recipe["train"]["grad_accum"] / self.schedule.per_epoch, "metrics": ctx.metrics[-1:] }
-        folder = save_checkpoint(self.work_dir, ctx.step, write, state, self.recipe["train"]["save_total_limit"]) if ctx.is_main else self.work_dir / f"checkpoint-{ctx.step}"
+            ctx.tokenizer.save_pretrained(str(tmp))
+            (tmp / "recipe.yaml").write_text(self.recipe.to_yaml())
+            torch.save(rng_state(), tmp / "rng.pt")
+            epoch = ctx.step * self.recipe["train"]["grad_accum"] / self.schedule.per_epoch
+            state = {"total_steps": ctx.total_steps, "epoch": epoch, "world_size": strategy.world_size, "metrics": ctx.metrics[-1:]}
+            finish_checkpoint(self.work_dir, ctx.step, tmp, state, self.recipe["train"]["save_total_limit"])
         strategy.barrier()
         for hook in self.hooks:
             hook.after_save(ctx, folder)
@@ -157,6 +166,13 @@ class Run:
         return f"ftcore run --recipe {self.work_dir / 'recipe.yaml'} --resume"
 
     def execute(self) -> str:
+        try:
+            return self._execute()
+        finally:
+            if self.ctx.strategy is not None:
+                self.ctx.strategy.teardown()
+
+    def _execute(self) -> str:
         self.build()
         self.restore()
         ctx = self.ctx
@@ -173,7 +189,6 @@ class Run:
         for hook in self.hooks:
             hook.after_train(ctx)
         self.summary(final)
-        ctx.strategy.teardown()
         return outcome
 
     def summary(self, final: Path) -> None:

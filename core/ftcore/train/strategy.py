@@ -27,7 +27,9 @@ class Strategy(Protocol):
 
     def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]: ...
 
-    def backward(self, loss: Any) -> None: ...
+    def backward(self, loss: Any, last: bool = True) -> None:
+        """Backward of one micro batch; ``last`` marks the final one before ``step()``."""
+        ...
 
     def step(self) -> float: ...
 
@@ -36,6 +38,10 @@ class Strategy(Protocol):
     def barrier(self) -> None: ...
 
     def unwrap(self, model: Any) -> Any: ...
+
+    def gathered(self, model: Any) -> Any:
+        """A context in which every parameter of ``model`` is whole (for saving)."""
+        ...
 
     def save_state(self, folder: Path) -> None: ...
 
@@ -83,7 +89,7 @@ class SingleStrategy:
             self.scaler = torch.amp.GradScaler(self.device.type)
         return model, optimizer, scheduler
 
-    def backward(self, loss: Any) -> None:
+    def backward(self, loss: Any, last: bool = True) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def clip_and_step(self) -> float:
@@ -118,6 +124,11 @@ class SingleStrategy:
     def unwrap(self, model: Any) -> Any:
         return model
 
+    def gathered(self, model: Any) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
     def save_state(self, folder: Path) -> None:
         import torch
 
@@ -137,3 +148,74 @@ class SingleStrategy:
 
     def teardown(self) -> None:
         pass
+
+
+def _init_process_group(device: Any) -> None:
+    """Join the process group torchrun describes (or a group of one when run directly)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+class DDPStrategy(SingleStrategy):
+    """torch DistributedDataParallel: one process per device (NCCL on GPUs, gloo on CPU)."""
+
+    name = "ddp"
+
+    def setup(self) -> None:
+        import torch.distributed as dist
+
+        _init_process_group(self.device)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=ids)
+        super().prepare(wrapped, optimizer, scheduler)
+        return wrapped, optimizer, scheduler
+
+    def backward(self, loss: Any, last: bool = True) -> None:
+        import contextlib
+
+        with contextlib.nullcontext() if last else self.model.no_sync():
+            super().backward(loss)
+
+    def all_reduce_sum(self, value: float) -> float:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def unwrap(self, model: Any) -> Any:
+        return getattr(model, "module", model)
+
+    def save_state(self, folder: Path) -> None:
+        if self.is_main:  # optimizer state is the same on every rank
+            super().save_state(folder)
+
+    def teardown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,65 @@
+"""Multi-process launching: ``ftcore run --nproc-per-node N`` relaunches itself through torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from ..errors import FtcoreError
+
+
+@dataclass
+class Launch:
+    """Where this run's processes go; read from flags, else the env vars XTuner users know."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @classmethod
+    def resolve(cls, nproc: str | None, nnodes: int | None, node_rank: int | None, addr: str | None, port: int | None) -> "Launch":
+        env = os.environ
+        nproc = nproc or env.get("NPROC_PER_NODE") or "1"
+        if nproc == "auto":
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 1
+        else:
+            try:
+                count = int(nproc)
+            except ValueError:
+                raise FtcoreError(f"--nproc-per-node must be a number or auto, got {nproc!r}") from None
+        if count < 1:
+            raise FtcoreError("--nproc-per-node must be at least 1")
+        return cls(
+            nproc_per_node=count,
+            nnodes=int(nnodes or env.get("NNODES") or 1),
+            node_rank=int(node_rank if node_rank is not None else env.get("NODE_RANK") or 0),
+            master_addr=addr or env.get("ADDR") or "127.0.0.1",
+            master_port=int(port or env.get("PORT") or 29500),
+        )
+
+
+def under_launcher() -> bool:
+    """True inside a process torchrun started."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def relaunch(launch: Launch, run_args: list[str]) -> int:
+    """Run ``ftcore run RUN_ARGS`` in ``nproc_per_node`` processes through torch.distributed.run."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc-per-node={launch.nproc_per_node}", f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}",
+        f"--master-addr={launch.master_addr}", f"--master-port={launch.master_port}",
+        "-m", "ftcore.cli", "run", *run_args,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.call(cmd, env=env)
