@@ -156,7 +156,8 @@ class Run:
         state = read_state(folder)
         if state["total_steps"] != self.ctx.total_steps:
             self.log(f"[yellow]warning: the checkpoint was made for {state['total_steps']} steps, this run has {self.ctx.total_steps}[/yellow]")
-        _load_model_weights(self.ctx.strategy.unwrap(self.ctx.model), folder)
+        if not getattr(self.ctx.strategy, "restores_model", False):
+            _load_model_weights(self.ctx.strategy.unwrap(self.ctx.model), folder)
         self.ctx.strategy.load_state(folder)
         set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
         self.ctx.step = int(state["step"])

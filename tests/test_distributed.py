@@ -1,0 +1,123 @@
+"""Distributed strategies on CPU (gloo): DDP and DeepSpeed ZeRO match the single-process run, save PEFT adapters, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+from test_train import make_recipe, metrics
+
+pytestmark = pytest.mark.slow
+STEPS = 6
+NO_DROPOUT = {"kind": "lora", "dropout": 0.0}  # dropout masks differ between 1 and 2 processes
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_llama, self_cognition_file) -> list[dict]:
+    """The single-process run every strategy must reproduce (same global batch of 4 rows)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    recipe = make_recipe(tmp, tiny_llama, self_cognition_file, adapter=NO_DROPOUT, train={"max_steps": STEPS, "micro_batch": 2, "grad_accum": 2})
+    run_cli("run", "--recipe", str(recipe), check=True)
+    return metrics(tmp / "wd")
+
+
+def assert_same_curve(got: list[dict], ref: list[dict]) -> None:
+    assert [m["step"] for m in got] == [m["step"] for m in ref]
+    for a, b in zip(got, ref):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-4)
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-6)
+
+
+def assert_peft_adapter(ckpt: Path, base: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(ckpt))
+    saved = load_file(str(ckpt / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in saved.items())
+    assert torch.isfinite(model(torch.tensor([[1, 5, 6]])).logits).all()
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_single_process_zero_matches_and_saves_a_peft_adapter(strategy, tmp_path, tiny_llama, self_cognition_file, reference) -> None:
+    pytest.importorskip("deepspeed")
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, adapter=NO_DROPOUT, train={"max_steps": STEPS, "micro_batch": 2, "grad_accum": 2}, strategy={"name": strategy})
+    run_cli("run", "--recipe", str(recipe), check=True)
+    assert_same_curve(metrics(tmp_path / "wd"), reference)
+    ckpt = tmp_path / "wd" / f"checkpoint-{STEPS}"
+    assert (ckpt / "deepspeed").is_dir()
+    assert_peft_adapter(ckpt, tiny_llama)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+def test_two_processes_match_the_single_process_run(strategy, tmp_path, tiny_llama, self_cognition_file, reference) -> None:
+    if strategy.startswith("zero"):
+        pytest.importorskip("deepspeed")
+    # 2 processes x micro_batch 1 x grad_accum 2 = the reference's global batch of 4 rows
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, adapter=NO_DROPOUT, train={"max_steps": STEPS, "micro_batch": 1, "grad_accum": 2}, strategy={"name": strategy})
+    proc = run_cli("run", "--recipe", str(recipe), "--nproc-per-node", "2", check=True)
+    assert proc.stdout.count("done:") == 1  # only rank 0 reports
+    assert_same_curve(metrics(tmp_path / "wd"), reference)
+    state = json.loads((tmp_path / "wd" / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    assert_peft_adapter(tmp_path / "wd" / f"checkpoint-{STEPS}", tiny_llama)
+
+
+def test_single_strategy_recipe_switches_to_ddp_for_several_processes(tmp_path, tiny_llama, self_cognition_file) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file)
+    proc = run_cli("run", "--recipe", str(recipe), "--nproc-per-node", "2", "--dry-run", check=True)
+    assert "using strategy ddp" in proc.stdout and "strategy  ddp" in proc.stdout and "launch    2 process(es)" in proc.stdout
+
+
+def test_resume_under_zero2_continues_exactly(tmp_path, tiny_llama, self_cognition_file) -> None:
+    pytest.importorskip("deepspeed")
+    first = tmp_path / "first"
+    first.mkdir()
+    recipe = make_recipe(first, tiny_llama, self_cognition_file, strategy={"name": "zero2"})
+    run_cli("run", "--recipe", str(recipe), check=True)
+    full = metrics(first / "wd")
+    second = tmp_path / "second"
+    (second / "wd").mkdir(parents=True)
+    shutil.copytree(first / "wd" / "checkpoint-3", second / "wd" / "checkpoint-3")
+    recipe2 = make_recipe(second, tiny_llama, self_cognition_file, strategy={"name": "zero2"})
+    proc = run_cli("run", "--recipe", str(recipe2), "--resume", check=True)
+    assert "at step 3/6" in proc.stdout
+    assert [m["loss"] for m in metrics(second / "wd")] == [m["loss"] for m in full[3:]]
+
+
+def test_single_device_recipe_refuses_a_distributed_launch(tmp_path, tiny_llama, self_cognition_file) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, distributed=False)
+    proc = run_cli("run", "--recipe", str(recipe), "--nproc-per-node", "2")
+    assert proc.returncode == 2 and "runs on one device only" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_qlora_with_zero3_is_refused_with_a_reason(tmp_path, tiny_llama, self_cognition_file) -> None:
+    pytest.importorskip("deepspeed")
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, adapter={"kind": "qlora"}, strategy={"name": "zero3"})
+    proc = run_cli("run", "--recipe", str(recipe))
+    assert proc.returncode == 2 and "cannot be partitioned by ZeRO-3" in proc.stderr and "zero2" in proc.stderr
+
+
+def test_deepspeed_config_is_derived_from_the_recipe_and_overridable(tmp_path) -> None:
+    from ftcore.recipe import Recipe, validate
+    from ftcore_zero.strategy import deepspeed_config
+
+    data = {"model": {"builder": "hf", "path": "m"}, "data": {"path": "d"}, "train": {"micro_batch": 3, "grad_accum": 5, "max_grad_norm": 0.5},
+            "strategy": {"name": "zero2", "config": {"zero_optimization": {"reduce_bucket_size": 1000}}}}
+    recipe = Recipe(data, "inline")
+    validate(recipe)
+    cfg = deepspeed_config(recipe, 2, True, "bf16")
+    assert cfg["train_micro_batch_size_per_gpu"] == 3 and cfg["gradient_accumulation_steps"] == 5 and cfg["gradient_clipping"] == 0.5
+    assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
+    assert cfg["zero_optimization"]["stage"] == 2 and cfg["zero_optimization"]["reduce_bucket_size"] == 1000
+    assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"gradient_clipping": 2.0}))
+    recipe.data["strategy"]["config"] = str(path)
+    assert deepspeed_config(recipe, 3, False, "fp32")["gradient_clipping"] == 2.0
