@@ -79,15 +79,21 @@ def test_collate_pads_with_ignored_labels_and_restarting_positions() -> None:
         assert batch["position_ids"][i, k:].tolist() == list(range(width - k))
 
 
-def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama) -> None:
-    """Whatever attention path training uses, a packed row equals its samples run separately."""
+@pytest.mark.parametrize("chunked_loss", [False, True])
+def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, chunked_loss) -> None:
+    """Whatever attention and loss paths training uses, a packed row equals its samples run separately."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ftcore.models.loss_head import LossHead, install_loss_head
     from ftcore.train.loop import loss_sum
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), attn_implementation="sdpa", dtype=torch.float32)
+    if chunked_loss:
+        assert install_loss_head(model)
+        model.get_output_embeddings().chunk = 16  # several chunks even for this small batch
+        assert isinstance(model.get_output_embeddings(), LossHead)
     ids, labels = samples(6, seed=4, max_len=30)
     packed = pack(ids, labels, 128, shuffle=False)
     assert len(packed) == 1 and packed.num_samples == 6
@@ -136,3 +142,17 @@ def test_data_pipeline_caches_and_second_run_says_so(tmp_path, tiny_llama, self_
     # any change that shapes the result misses the cache
     third, report3 = prepare_data({**cfg, "max_length": 96}, parts.formats, tok, parts.templates.get("internlm2_chat"), 0, log=logs.append)
     assert not report3.cached
+
+
+def test_loss_head_is_the_plain_linear_layer_outside_training(tiny_llama) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftcore.models.loss_head import install_loss_head
+
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    chunked = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    install_loss_head(chunked)
+    ids = torch.tensor([[1, 7, 9, 11]])
+    assert torch.equal(plain(ids).logits, chunked(ids).logits)
+    assert torch.equal(plain.generate(ids, max_new_tokens=5, do_sample=False), chunked.generate(ids, max_new_tokens=5, do_sample=False))

@@ -57,6 +57,7 @@ SCHEMA: dict[str, Any] = {
         "gradient_checkpointing": F(bool, True, "recompute activations in backward to save memory"),
         "attn_implementation": F(str, "auto", "attention kernel: auto, sdpa, eager, flash_attention_2, ..."),
         "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path"),
+        "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
     },
     "adapter": {
         "kind": F(str, "lora", "lora, qlora (4-bit base + LoRA), or full", choices=("lora", "qlora", "full")),

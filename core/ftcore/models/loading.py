@@ -84,6 +84,10 @@ def lora_targets(model: Any, targets: Any) -> Any:
 def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> Any:
     """Gradient checkpointing, k-bit preparation and the adapter (LoRA/QLoRA) or full training."""
     quantized = model_cfg["quantization"] != "none"
+    if model_cfg.get("chunked_loss", True):
+        from .loss_head import install_loss_head
+
+        install_loss_head(model)
     if quantized:
         from peft import prepare_model_for_kbit_training
 

@@ -62,11 +62,20 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     import torch
     import torch.nn.functional as F
 
+    from ..models.loss_head import find_loss_head
+
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)}
-    logits = model(**inputs, use_cache=False).logits
     shift_labels = labels[:, 1:]
     n = int((shift_labels != IGNORE).sum())
+    head = find_loss_head(model)
+    if head is not None:  # the head returns the loss sum itself (chunked, trained tokens only)
+        head.targets = labels
+        try:
+            return model(**inputs, use_cache=False).logits, n
+        finally:
+            head.targets = None
+    logits = model(**inputs, use_cache=False).logits
     loss = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )

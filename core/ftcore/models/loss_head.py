@@ -1,0 +1,70 @@
+"""A language-model head that can compute the training loss itself, in chunks, on trained tokens only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+
+
+def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+class LossHead(nn.Module):
+    """Drop-in replacement for a causal LM's output ``nn.Linear``.
+
+    Normally it is that linear layer (generation is unchanged). While ``targets`` holds the
+    batch's labels it instead returns the summed next-token cross-entropy, computed only at
+    trained positions and ``chunk`` tokens at a time, each chunk recomputed in backward, so
+    the full ``tokens x vocab`` logits (and their fp32 copy) never exist at once. It runs
+    inside the model's forward, so DDP and ZeRO-3 see the weight used as usual.
+    """
+
+    def __init__(self, linear: nn.Linear, chunk: int = 4096) -> None:
+        super().__init__()
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.chunk = chunk
+        self.targets: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.targets is None:
+            return F.linear(hidden, self.weight, self.bias)
+        y = self.targets[:, 1:].reshape(-1)
+        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        keep = (y != IGNORE).nonzero().squeeze(1)
+        h, y = h.index_select(0, keep), y.index_select(0, keep)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        recompute = torch.is_grad_enabled() and not hasattr(self.weight, "ds_id")  # ZeRO-3 params live only in forward
+        for s in range(0, y.numel(), self.chunk):
+            args = (h[s : s + self.chunk], y[s : s + self.chunk], self.weight, self.bias)
+            total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if recompute else _chunk_loss(*args))
+        return total
+
+
+def install_loss_head(model: Any, chunk: int = 4096) -> bool:
+    """Swap the model's output linear layer for a ``LossHead``; False when it has none."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        return False
+    model.set_output_embeddings(LossHead(head, chunk))
+    return True
+
+
+def find_loss_head(model: Any) -> LossHead | None:
+    """The ``LossHead`` inside wrappers (DDP, DeepSpeed engine, PEFT), if one was installed."""
+    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if get else None
+    return head if isinstance(head, LossHead) else None
