@@ -79,8 +79,8 @@ def test_collate_pads_with_ignored_labels_and_restarting_positions() -> None:
         assert batch["position_ids"][i, k:].tolist() == list(range(width - k))
 
 
-@pytest.mark.parametrize("chunked_loss", [False, True])
-def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, chunked_loss) -> None:
+@pytest.mark.parametrize("attn,chunked_loss", [("sdpa", False), ("sdpa", True), ("ftcore_varlen", True)])
+def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, attn, chunked_loss) -> None:
     """Whatever attention and loss paths training uses, a packed row equals its samples run separately."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -88,8 +88,11 @@ def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, chun
     from ftcore.models.loss_head import LossHead, install_loss_head
     from ftcore.train.loop import loss_sum
 
+    from ftcore.models.varlen import register
+
+    register()
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), attn_implementation="sdpa", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), attn_implementation=attn, dtype=torch.float32)
     if chunked_loss:
         assert install_loss_head(model)
         model.get_output_embeddings().chunk = 16  # several chunks even for this small batch

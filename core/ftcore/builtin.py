@@ -49,3 +49,6 @@ def register_commands(cli) -> None:
     from .data.commands import data  # imports only click; each command imports what it needs
 
     cli.add_command(data)
+    from .chat.commands import add_chat_commands  # merge, chat, serve; imports only click
+
+    add_chat_commands(cli)

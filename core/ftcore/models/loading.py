@@ -53,7 +53,9 @@ def load_base_model(model_cfg: dict[str, Any], builder: Any, device: Any, precis
     if model_cfg["attn_implementation"] != "auto":
         kwargs["attn_implementation"] = model_cfg["attn_implementation"]
     else:
-        kwargs["attn_implementation"] = "sdpa"
+        from .varlen import register
+
+        kwargs["attn_implementation"] = register()  # packed samples attend only to themselves
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = device_map or ({"": device.index or 0} if device.type == "cuda" else {"": "cpu"})

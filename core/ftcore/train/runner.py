@@ -31,14 +31,20 @@ def make_hooks(recipe: Any, parts: Any) -> list[Any]:
     return hooks
 
 
-def _write_model(model: Any, folder: Path) -> None:
-    """Adapter (PEFT layout) or full model (HF safetensors) into ``folder``."""
+def _write_model(model: Any, folder: Path, builder: Any = None) -> None:
+    """Adapter (PEFT layout) or full model (HF safetensors) into ``folder``; a builder may write its own layout."""
+    save = getattr(builder, "save_checkpoint", None)
+    if save is not None:
+        return save(model, folder)
     model.save_pretrained(str(folder), safe_serialization=True)
 
 
-def _load_model_weights(model: Any, folder: Path) -> None:
+def _load_model_weights(model: Any, folder: Path, builder: Any = None) -> None:
     from safetensors.torch import load_file
 
+    load = getattr(builder, "load_checkpoint", None)
+    if load is not None:
+        return load(model, folder)
     if (folder / "adapter_model.safetensors").is_file():
         from peft import set_peft_model_state_dict
 
@@ -86,6 +92,9 @@ class Run:
                 hook.setup(ctx)
         strategy.barrier()
         builder = self.builder = parts.models.get(model_cfg["builder"])
+        configure = getattr(builder, "configure", None)  # a builder with model.* options gets them here
+        if configure is not None:
+            builder = self.builder = configure(model_cfg, parts)
         tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -96,7 +105,7 @@ class Run:
             is_main=ctx.is_main, barrier=strategy.barrier, log=self.log,
         )
         model = load_base_model(model_cfg, builder, strategy.device, self.precision)
-        model = prepare_for_training(model, model_cfg, recipe["adapter"])
+        model = getattr(builder, "prepare_for_training", prepare_for_training)(model, model_cfg, recipe["adapter"])
         trainable, total = count_parameters(model)
         quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
         self.log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({recipe['adapter']['kind']}{quant}), {self.precision} on {strategy.device}")
@@ -126,7 +135,7 @@ class Run:
         strategy.barrier()
         with strategy.gathered(model):
             if ctx.is_main:
-                _write_model(model, tmp)
+                _write_model(model, tmp, self.builder)
         strategy.save_state(tmp)
         strategy.barrier()
         folder = self.work_dir / f"checkpoint-{ctx.step}"
@@ -157,7 +166,7 @@ class Run:
         if state["total_steps"] != self.ctx.total_steps:
             self.log(f"[yellow]warning: the checkpoint was made for {state['total_steps']} steps, this run has {self.ctx.total_steps}[/yellow]")
         if not getattr(self.ctx.strategy, "restores_model", False):
-            _load_model_weights(self.ctx.strategy.unwrap(self.ctx.model), folder)
+            _load_model_weights(self.ctx.strategy.unwrap(self.ctx.model), folder, self.builder)
         self.ctx.strategy.load_state(folder)
         set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
         self.ctx.step = int(state["step"])

@@ -1,0 +1,383 @@
+"""Training throughput: ftcore against plain transformers+peft on the same synthetic workload (GPU).
+
+One invocation runs every case in its own subprocess (fresh GPU memory), then prints a table:
+tokens/s counting real (non-padding) tokens, peak GPU memory, and MFU against a bf16 matmul
+peak measured in the same run. Checkpoints are random-weight, shaped like InternLM2 (as the
+Llama layout ftcore converts InternLM2 to); sample lengths are lognormal (median 200, cap 2048).
+
+    python benchmarks/train_throughput.py --cases hf_qlora_naive,ftcore_lora,ftcore_qlora --model 1.8b
+    python benchmarks/train_throughput.py --long-context --cases ftcore_lora,hf_lora_naive --model 1.8b
+
+MFU counts 4 * N_matmul FLOPs per token for adapter training (forward 2N, backward through
+activations 2N) and 6 * N_matmul for full fine-tunes; attention FLOPs are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHAPES = {
+    "1.8b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192, vocab_size=92544),
+    "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, vocab_size=92544),
+}
+LORA = dict(r=64, alpha=16, dropout=0.1)
+
+# case name -> (side, method, batching, gradient checkpointing)
+CASES = {
+    "hf_qlora_naive": ("hf", "qlora", "naive", True),
+    "hf_qlora_padded": ("hf", "qlora", "padded", True),
+    "hf_lora_naive": ("hf", "lora", "naive", True),
+    "ftcore_lora": ("ftcore", "lora", "packed", False),
+    "ftcore_lora_gc": ("ftcore", "lora", "packed", True),
+    "ftcore_qlora": ("ftcore", "qlora", "packed", False),
+    "ftcore_qlora_gc": ("ftcore", "qlora", "packed", True),
+    "ftcore_lora_naive": ("ftcore", "lora", "naive", False),
+}
+
+
+def sample_lengths(n: int, seed: int = 0, median: int = 200, cap: int = 2048) -> list[int]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(math.log(median), 0.8, n).astype(int), 8, cap).tolist()
+
+
+def synthetic_samples(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 1)
+    return [rng.integers(100, vocab, size=length).tolist() for length in sample_lengths(n, seed)]
+
+
+def make_checkpoint(model: str, root: Path) -> Path:
+    """A random-weight Llama-layout checkpoint of the given shape (written once, bf16)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = root / f"random-{model}"
+    if (path / "config.json").is_file():
+        return path
+    config = LlamaConfig(**SHAPES[model], max_position_embeddings=262144, rope_theta=1_000_000.0, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    with torch.device("cuda"):
+        torch.manual_seed(0)
+        m = LlamaForCausalLM(config).to(torch.bfloat16)
+    m.save_pretrained(str(path), safe_serialization=True)
+    del m
+    torch.cuda.empty_cache()
+    return path
+
+
+def matmul_peak_tflops() -> float:
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return 2 * 8192**3 / times[len(times) // 2] / 1e12
+
+
+def matmul_params(model) -> int:
+    import torch
+
+    n = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and "lora_" not in name:
+            n += mod.in_features * mod.out_features
+        elif mod.__class__.__name__ in ("Linear4bit", "LossHead"):
+            n += mod.in_features * mod.out_features
+    return n
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def naive_rows(samples: list[list[int]], width: int) -> list[list[int]]:
+    """Concatenate everything and cut rows of ``width`` (attention crosses sample borders)."""
+    flat = [t for s in samples for t in s]
+    return [flat[i : i + width] for i in range(0, len(flat) - width + 1, width)]
+
+
+def hf_batches(samples, mode: str, micro_batch: int, width: int):
+    import torch
+
+    if mode == "naive":
+        rows = naive_rows(samples, width)
+        for i in range(0, len(rows) - micro_batch + 1, micro_batch):
+            ids = torch.tensor(rows[i : i + micro_batch])
+            yield {"input_ids": ids, "labels": ids.clone()}, ids.numel()
+    else:
+        for i in range(0, len(samples) - micro_batch + 1, micro_batch):
+            chunk = samples[i : i + micro_batch]
+            longest = max(len(s) for s in chunk)
+            ids = torch.zeros(len(chunk), longest, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, s in enumerate(chunk):
+                ids[j, : len(s)] = torch.tensor(s)
+                mask[j, : len(s)] = 1
+            labels = ids.masked_fill(mask == 0, -100)
+            yield {"input_ids": ids, "attention_mask": mask, "labels": labels}, int(mask.sum())
+
+
+# ----------------------------------------------------------------------------- one case
+
+
+def run_case(args: argparse.Namespace) -> dict:
+    import torch
+
+    side, method, batching, gc = CASES[args.case]
+    gc = gc if args.gc is None else args.gc == "on"
+    if batching == "padded":
+        args.micro_batch = 8  # the padded baseline: batches of 8 samples
+    ckpt = Path(args.checkpoint)
+    torch.manual_seed(0)
+    if side == "hf":
+        model, step = build_hf(ckpt, method, gc)
+    else:
+        model, step = build_ftcore(ckpt, method, gc, args)
+    n_matmul = matmul_params(model)
+    vocab = SHAPES[args.model]["vocab_size"]
+    if args.long_context:
+        return long_context(step, side, args, n_matmul)
+    samples = synthetic_samples(args.samples, vocab)
+    batches = make_batches(side, batching, samples, args)
+    torch.cuda.reset_peak_memory_stats()
+    tokens, elapsed, done = 0, 0.0, 0
+    for i, (batch, real) in enumerate(batches):
+        if i == args.warmup:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        step(batch)
+        if i >= args.warmup:
+            tokens += real
+            done += 1
+        if done >= args.steps:
+            break
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    tps = tokens / elapsed
+    flops = (6 if method == "full" else 4) * n_matmul
+    return {"case": args.case, "model": args.model, "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "tflops": tps * flops / 1e12, "steps": done, "gc": gc, "micro_batch": args.micro_batch}
+
+
+def make_batches(side: str, batching: str, samples, args):
+    if side == "hf":
+        return hf_batches(samples, batching, args.micro_batch, args.max_length)
+    from ftcore.data.collate import collate_rows
+    from ftcore.data.pack import pack
+
+    labels = [[-100] + s[1:] for s in samples]
+    if batching == "naive":  # ftcore's own step on naively cut rows (for the isolation-cost number)
+        rows = naive_rows(samples, args.max_length)
+        packed = pack(rows, [list(r) for r in rows], args.max_length, shuffle=False)
+    else:
+        packed = pack(samples, labels, args.max_length, seed=0)
+
+    def gen():
+        for i in range(0, len(packed) - args.micro_batch + 1, args.micro_batch):
+            rows = [packed.row(j) for j in range(i, i + args.micro_batch)]
+            batch = collate_rows(rows, pad_id=0)
+            if batching == "naive":
+                batch["position_ids"] = __import__("torch").arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]).contiguous()
+            yield batch, sum(len(r["input_ids"]) for r in rows)
+
+    return gen()
+
+
+def build_hf(ckpt: Path, method: str, gc: bool):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {"dtype": torch.bfloat16, "attn_implementation": "sdpa", "device_map": {"": 0}}
+    if method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), **kwargs)
+    model.config.use_cache = False
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear", task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+
+    def step(batch):
+        batch = {k: v.cuda() for k, v in batch.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
+    import torch
+
+    from ftcore.models.hf import HFBuilder
+    from ftcore.models.loading import load_base_model, prepare_for_training
+    from ftcore.recipe import Recipe, validate
+    from ftcore.train.loop import IGNORE, loss_sum
+    from ftcore.train.optim import build_optimizer
+
+    recipe = Recipe({
+        "model": {"builder": "hf", "path": str(ckpt), "gradient_checkpointing": gc, "attn_implementation": args.attn, "chunked_loss": args.chunked_loss == "on"},
+        "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]},
+        "data": {"path": "unused"},
+        "train": {"optimizer": args.optimizer, "lr": 1e-4},
+    }, "benchmark")
+    validate(recipe)
+    device = torch.device("cuda", 0)
+    model = load_base_model(recipe["model"], HFBuilder(), device, "bf16")
+    model = prepare_for_training(model, recipe["model"], recipe["adapter"])
+    opt = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe["train"])
+
+    def step(batch):
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())  # on the CPU copy: no device sync
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            lsum, _ = loss_sum(model, batch)
+        (lsum / n).backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def long_context(step, side: str, args: argparse.Namespace, n_matmul: int) -> dict:
+    """The longest single sample (doubling from 4k) that trains one step without running out of memory."""
+    import torch
+
+    best = 0
+    length = 4096
+    while length <= args.max_context:
+        ids = torch.randint(100, 1000, (1, length))
+        batch = {"input_ids": ids, "labels": ids.clone()}
+        if side == "ftcore":
+            batch["position_ids"] = torch.arange(length)[None]
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            step(batch)
+            torch.cuda.synchronize()
+            best = length
+            print(f"  {args.case}: {length} tokens ok, peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
+        except torch.OutOfMemoryError:
+            print(f"  {args.case}: {length} tokens out of memory", flush=True)
+            break
+        length *= 2
+    return {"case": args.case, "model": args.model, "longest_sample": best}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def check_varlen() -> float:
+    """Packed-row loss and gradients: ftcore_varlen (flash varlen) against SDPA with a block mask, bf16."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftcore.data.collate import collate_rows
+    from ftcore.data.pack import pack
+    from ftcore.models.varlen import register
+    from ftcore.train.loop import loss_sum
+
+    register()
+    cfg = LlamaConfig(hidden_size=512, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1024, vocab_size=1000)
+    samples = synthetic_samples(40, 1000, seed=3)
+    packed = pack([s[:500] for s in samples], [[-100] + s[1:500] for s in samples], 2048, seed=0)
+    batch = {k: v.cuda() for k, v in collate_rows([packed.row(0), packed.row(1)], 0).items() if isinstance(v, torch.Tensor)}
+    grads, losses = [], []
+    for impl in ("sdpa", "ftcore_varlen"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16)
+        model.config._attn_implementation = impl
+        loss, _ = loss_sum(model, batch)
+        loss.backward()
+        losses.append(float(loss))
+        grads.append(torch.cat([p.grad.float().flatten() for p in model.parameters()]))
+    rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
+    print(f"varlen check: loss sdpa-mask {losses[0]:.4f} varlen {losses[1]:.4f}; gradient relative difference {rel:.2e}", flush=True)
+    return rel
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="1.8b", choices=list(SHAPES))
+    p.add_argument("--cases", default="hf_qlora_naive,ftcore_lora,ftcore_qlora")
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    p.add_argument("--root", default="/tmp/ftcore-bench")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--samples", type=int, default=6000)
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--attn", default="auto", help="ftcore attention (auto = ftcore_varlen)")
+    p.add_argument("--gc", choices=["on", "off"], help="force gradient checkpointing on/off for every case")
+    p.add_argument("--chunked-loss", default="on", choices=["on", "off"])
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--long-context", action="store_true")
+    p.add_argument("--max-context", type=int, default=131072)
+    p.add_argument("--json", help="append results as JSON lines to this file")
+    args = p.parse_args()
+    if args.case:
+        print("RESULT " + json.dumps(run_case(args)), flush=True)
+        return
+    import torch
+
+    check_varlen()
+    ckpt = make_checkpoint(args.model, Path(args.root))
+    peak = matmul_peak_tflops()
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 matmul peak measured {peak:.0f} TFLOP/s", flush=True)
+    results = []
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--cases")]
+    for case in args.cases.split(","):
+        cmd = [sys.executable, __file__, "--case", case, "--checkpoint", str(ckpt), *[a for a in passthrough if a != args.cases]]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            print(f"{case}: FAILED ({proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
+            continue
+        for l in proc.stdout.splitlines():
+            if l.startswith("  "):
+                print(l)
+        r = json.loads(lines[-1][7:])
+        r["wall_s"] = round(time.time() - t0, 1)
+        if "tflops" in r:
+            r["mfu"] = r["tflops"] / peak
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    if args.json:
+        with open(args.json, "a") as f:
+            for r in results:
+                f.write(json.dumps({**r, "peak_tflops": peak, "device": torch.cuda.get_device_name(), "torch": torch.__version__}) + "\n")
+    print(f"\n{'case':<20}{'model':>6}{'tokens/s':>12}{'peak GiB':>10}{'MFU':>8}{'longest':>10}")
+    for r in results:
+        print(f"{r['case']:<20}{r['model']:>6}{r.get('tokens_per_s', 0):>12.0f}{r.get('peak_gib', 0):>10.1f}{r.get('mfu', 0):>8.1%}{r.get('longest_sample', ''):>10}")
+
+
+if __name__ == "__main__":
+    main()

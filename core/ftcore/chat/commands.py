@@ -1,0 +1,164 @@
+"""``ftcore merge``, ``ftcore chat`` and ``ftcore serve``: using a model after training.
+
+Only click is imported at module level; each command imports torch/transformers (and the
+server library) when it runs, so ``ftcore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import FtcoreError
+
+
+def _warn(message: str) -> None:
+    click.secho(message, fg="yellow", err=True)
+
+
+def _quiet() -> None:
+    """No progress bars or library chatter around the answers."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def _sampling_options(func: Any) -> Any:
+    options = [
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True, help="longest answer, in tokens"),
+        click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True, help="sampling temperature; 0 = greedy (deterministic)"),
+        click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.9, show_default=True, help="nucleus sampling"),
+        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="sample among the k likeliest tokens (0 = off)"),
+        click.option("--repetition-penalty", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="> 1 discourages repeating"),
+        click.option("--seed", type=int, default=None, help="random seed, for reproducible sampling"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _model_options(func: Any) -> Any:
+    options = [
+        click.option("--adapter", type=click.Path(), help="a LoRA/QLoRA checkpoint folder (work_dir/checkpoint-N) to apply"),
+        click.option("--template", help="chat template (default: the adapter's training template, else the tokenizer's chat_template)"),
+        click.option("--system", help="system prompt (default: the adapter's recipe data.system, else the template's)"),
+        click.option("--bits", type=click.Choice(["4", "8"]), help="load the model quantized: 4 = NF4, 8 = int8 (bitsandbytes)"),
+        click.option("--builder", help="model builder (default: the adapter's recipe, else by model_type, else hf; see `ftcore list models`)"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _load(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None) -> Any:
+    from .generate import load_chat_model
+
+    _quiet()
+    return load_chat_model(
+        app.parts, model, adapter=adapter, builder=builder, template=template, system=system,
+        bits=int(bits) if bits else None, warn=_warn,
+    )
+
+
+@click.command("merge")
+@click.argument("base", type=click.Path())
+@click.argument("adapter", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--max-shard-size", default="2GB", show_default=True, help="largest safetensors shard, e.g. 2GB or 500MB")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="dtype of the saved weights (default: the base model's)")
+@click.option("--format", "fmt", type=click.Choice(["native", "llama"]), default="native", show_default=True, help="weight layout: the builder's native one, or Llama's")
+@click.option("--builder", help="model builder (default: the adapter's recipe, else by model_type, else hf)")
+@click.option("--template", help="chat template to write as chat_template (default: the adapter's training template)")
+@click.option("--force", is_flag=True, help="replace a non-empty OUT")
+@click.pass_obj
+def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, dtype: str | None, fmt: str, builder: str | None, template: str | None, force: bool) -> None:
+    """Merge the LoRA ADAPTER into BASE and save a standalone model to OUT.
+
+    OUT holds sharded safetensors, the tokenizer with the training template as its
+    chat_template, and a generation_config whose eos_token_id includes the template's stop
+    tokens, so plain transformers chats with it correctly.
+    """
+    from .merge import merge_adapter
+
+    _quiet()
+    merge_adapter(
+        app.parts, base, adapter, out, max_shard_size=max_shard_size, dtype=dtype, fmt=fmt,
+        builder=builder, template=template, force=force, log=click.echo,
+    )
+    click.echo(f"next: ftcore chat {out}")
+
+
+@click.command("chat")
+@click.argument("model", type=click.Path())
+@_model_options
+@click.option("--prompt", help="answer this once and exit ('-' reads it from stdin)")
+@_sampling_options
+@click.pass_obj
+def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None,
+             prompt: str | None, max_new_tokens: int, temperature: float, top_p: float, top_k: int, repetition_penalty: float, seed: int | None) -> None:
+    """Chat with MODEL (a model folder, or an adapter checkpoint) in the terminal.
+
+    Answers stream as they are generated. Type /reset to start a new conversation and
+    /exit (or Ctrl-D) to quit. With --prompt, answer once and exit.
+    """
+    from .terminal import chat_once, chat_loop
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+        if not prompt.strip():
+            raise FtcoreError("--prompt - read an empty prompt from stdin")
+    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
+    chat_model = _load(app, model, adapter, template, system, bits, builder)
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+    if prompt is not None:
+        chat_once(chat_model, prompt, settings)
+    else:
+        chat_loop(chat_model, settings)
+
+
+@click.command("serve")
+@click.argument("model", type=click.Path())
+@_model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0 = every interface)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", envvar="FTCORE_API_KEY", help="require 'Authorization: Bearer KEY' on /v1 (env FTCORE_API_KEY)")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="default and upper limit of max_tokens")
+@click.pass_obj
+def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None,
+              host: str, port: int, api_key: str | None, max_new_tokens: int) -> None:
+    """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/models) with a chat page at /.
+
+    Needs the serve extra: pip install 'ftcore[serve]'.
+    """
+    from .serve import check_server_deps, serve
+
+    check_server_deps()
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        _warn(f"warning: listening on {host} without --api-key: anyone who can reach this address can use the model")
+    chat_model = _load(app, model, adapter, template, system, bits, builder)
+    serve(chat_model, host=host, port=port, api_key=api_key, max_new_tokens=max_new_tokens)
+
+
+def add_chat_commands(cli: click.Group) -> None:
+    """Add ``merge``, ``chat`` and ``serve`` to the ``ftcore`` group."""
+    cli.add_command(merge_cmd)
+    cli.add_command(chat_cmd)
+    cli.add_command(serve_cmd)

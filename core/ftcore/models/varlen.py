@@ -1,0 +1,104 @@
+"""Sample-isolated ("varlen") attention for packed rows, registered with transformers as ``ftcore_varlen``.
+
+A packed row holds several samples whose ``position_ids`` restart at 0. Instead of a
+``tokens x tokens`` block-diagonal mask (which forces slow masked kernels), the samples'
+boundaries become ``cu_seqlens`` and each sample attends causally to itself only: FlashAttention's
+variable-length kernel on CUDA, one causal SDPA call per sample elsewhere (same result).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+NAME = "ftcore_varlen"
+
+
+def _boundaries(position_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, int, list[int]]:
+    """``cu_seqlens`` (int32, on device), the longest sample, and the boundaries as ints.
+
+    Computed once per forward and remembered on the ``position_ids`` tensor itself (every
+    layer, and checkpoint recomputation, receives that same tensor).
+    """
+    cached = getattr(position_ids, "_ftcore_varlen", None)
+    if cached is not None:
+        return cached
+    flat = (position_ids.expand(batch, -1) if position_ids.shape[0] != batch else position_ids).reshape(-1)
+    starts = (flat == 0).nonzero().squeeze(1)
+    total = flat.numel()
+    cu = torch.cat([starts, starts.new_tensor([total])]).to(torch.int32)
+    bounds = cu.tolist()
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    result = (cu, longest, bounds)
+    position_ids._ftcore_varlen = result
+    return result
+
+
+class _FlashVarlen(torch.autograd.Function):
+    """FlashAttention-2 variable-length forward/backward through PyTorch's own kernels."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, longest: int, scale: float) -> torch.Tensor:
+        out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, longest, longest, 0.0, True, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
+        ctx.longest, ctx.scale = longest, scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.longest, ctx.longest, 0.0, True, rng, unused, scale=ctx.scale
+        )
+        return dq, dk, dv, None, None, None
+
+
+def _segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float) -> torch.Tensor:
+    outs = []
+    for a, b in zip(bounds[:-1], bounds[1:]):  # a loop over samples, not tokens
+        outs.append(F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True, scale=scale).transpose(0, 1))
+    return torch.cat(outs)
+
+
+def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention-interface function: (B, H, L, D) in, (B, L, H, D) out."""
+    position_ids = kwargs.get("position_ids")
+    b, h, length, d = query.shape
+    if attention_mask is not None or position_ids is None or key.shape[2] != length:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    scale = scaling if scaling is not None else d**-0.5
+    groups = h // key.shape[1]
+    q = query.transpose(1, 2).reshape(b * length, h, d)
+    k = key.transpose(1, 2).reshape(b * length, -1, d)
+    v = value.transpose(1, 2).reshape(b * length, -1, d)
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    cu, longest, bounds = _boundaries(position_ids, b)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and d <= 256:
+        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, longest, scale)
+    else:
+        out = _segments(q, k, v, bounds, scale)
+    return out.reshape(b, length, h, d), None
+
+
+def varlen_mask(*args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+    """No mask for training (boundaries come from position_ids); the SDPA mask otherwise."""
+    if attention_mask is None and kwargs.get("q_length", args[1] if len(args) > 1 else None) == kwargs.get("kv_length", args[2] if len(args) > 2 else None):
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> str:
+    """Make ``attn_implementation="ftcore_varlen"`` available to transformers models."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, varlen_attention)
+    AttentionMaskInterface.register(NAME, varlen_mask)
+    return NAME

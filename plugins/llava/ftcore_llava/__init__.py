@@ -1,0 +1,36 @@
+"""The LLaVA plugin: image + text fine-tuning (CLIP vision tower, projector, any registered LLM builder).
+
+Parts: the ``llava`` model builder, the ``llava`` dataset format and the
+``llava_internlm2_pretrain`` / ``llava_internlm2_qlora`` recipes. Use a trained model with
+:func:`ftcore_llava.chat.answer_with_image`; export it to transformers'
+``LlavaForConditionalGeneration`` with :func:`ftcore_llava.export.to_hf_llava`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from ftcore import hookimpl
+
+
+@hookimpl
+def register_model_builders(register) -> None:
+    from .builder import OPTIONS  # imports no torch
+
+    register("llava", "ftcore_llava.builder:build", "LLaVA: CLIP vision tower + projector + an LLM from any builder (model.llm_builder)", OPTIONS)
+
+
+@hookimpl
+def register_dataset_formats(register) -> None:
+    from .data import FORMAT
+
+    register(FORMAT)
+
+
+@hookimpl
+def register_recipes(register) -> None:
+    root = resources.files("ftcore_llava.recipes")
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            register(entry.name[: -len(".yaml")], str(Path(str(entry))))

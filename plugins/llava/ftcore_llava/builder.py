@@ -1,0 +1,280 @@
+"""The ``llava`` model builder: CLIP vision tower + projector + any registered LLM builder.
+
+``model.path`` is the LLM (loaded by ``model.llm_builder``, quantized as ``model.quantization``
+says); ``model.visual_encoder`` the CLIP folder. The ``adapter`` section is the LLM's adapter;
+``model.visual_encoder_lora`` puts LoRA on the vision tower; the projector always trains.
+Checkpoints hold ``llm_adapter/`` and ``visual_encoder_adapter/`` (PEFT layout),
+``projector/`` (config.json + model.safetensors), or ``llm/`` / ``visual_encoder/`` (HF
+layout) for a part trained fully.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftcore.errors import FtcoreError
+from ftcore.recipe import REQUIRED, F
+
+from .data import IMAGE_TOKEN, load_image_processor, pixel_values, resolve_image, use_image_folder
+
+#: ``model.*`` keys the llava builder adds to the recipe schema.
+OPTIONS = {
+    "llm_builder": F(str, "internlm2", "builder that loads the LLM at model.path (internlm2, hf, ...)", registry="models"),
+    "visual_encoder": F(str, REQUIRED, "CLIP checkpoint folder (CLIPVisionModel weights + preprocessor_config.json)", nullable=False),
+    "image_folder": F(str, None, "folder the records' image paths are relative to (default: the current directory)"),
+    "projector": F(str, None, "a pretrained projector to start from: a projector/ folder, a checkpoint holding one, or a work dir (its latest checkpoint)"),
+    "pad_image_to_square": F(bool, True, "pad images to a square with the image processor's mean colour before resizing"),
+    "visual_select_layer": F(int, -2, "vision layer whose patch features feed the projector (CLS token dropped)"),
+    "projector_depth": F(int, 2, "linear layers in the projector (GELU between them)"),
+    "freeze_llm": F(bool, True, "keep the LLM's own weights frozen (its LoRA, if any, still trains)"),
+    "llm_lora": F(bool, True, "put the adapter section's LoRA on the LLM (false: no LLM adapter, e.g. for pretraining the projector)"),
+    "freeze_visual_encoder": F(bool, True, "keep the vision tower's own weights frozen (its LoRA, if any, still trains)"),
+    "visual_encoder_lora": F(dict, None, "LoRA on the vision tower: {r, alpha, dropout, targets}; none for no vision LoRA"),
+}
+
+VISION_LORA_DEFAULTS = {"r": 64, "alpha": 16, "dropout": 0.05, "targets": "all-linear"}
+LLM_ADAPTER, VISION_ADAPTER, PROJECTOR, LLM_FULL, VISION_FULL = "llm_adapter", "visual_encoder_adapter", "projector", "llm", "visual_encoder"
+
+
+def resolve_projector(path: str | Path) -> Path:
+    """A projector folder from ``path``: the folder itself, ``path/projector``, or the latest checkpoint's."""
+    from ftcore.train.checkpoint import latest_checkpoint
+
+    p = Path(path).expanduser()
+    for candidate in (p, p / PROJECTOR):
+        if (candidate / "model.safetensors").is_file() and (candidate / "config.json").is_file():
+            return candidate
+    latest = latest_checkpoint(p) if p.is_dir() else None
+    if latest is not None and (latest / PROJECTOR / "model.safetensors").is_file():
+        return latest / PROJECTOR
+    raise FtcoreError(
+        f"no pretrained projector in {str(path)!r}",
+        where="model.projector",
+        hint="point it at the pretraining run's work dir, one of its checkpoint-N folders, or a projector/ folder",
+    )
+
+
+def vision_lora_config(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    unknown = set(value) - set(VISION_LORA_DEFAULTS)
+    if unknown:
+        raise FtcoreError(f"unknown key(s) {', '.join(sorted(unknown))}", where="model.visual_encoder_lora", hint=f"known keys: {', '.join(VISION_LORA_DEFAULTS)}")
+    return {**VISION_LORA_DEFAULTS, **value}
+
+
+class LlavaBuilder:
+    """Builds a :class:`~ftcore_llava.model.LlavaModel`; ``configure`` binds it to a recipe's model section."""
+
+    def __init__(self, cfg: dict[str, Any] | None = None, llm_builder: Any = None) -> None:
+        self.cfg = cfg
+        self.llm_builder = llm_builder
+        self.tokenizer: Any = None
+        self.image_token_id: int | None = None
+        self._processor: Any = None
+        self._num_image_tokens: int | None = None
+
+    # -- binding to a recipe -------------------------------------------------------
+
+    def configure(self, model_cfg: dict[str, Any], parts: Any) -> "LlavaBuilder":
+        """A builder for this run's ``model`` section (the registered object stays unbound)."""
+        if model_cfg.get("llm_builder") == "llava":
+            raise FtcoreError("the LLM of a llava model cannot itself be llava", where="model.llm_builder")
+        vision = Path(model_cfg["visual_encoder"]).expanduser()
+        if not (vision / "config.json").is_file():
+            raise FtcoreError(f"vision tower folder {str(vision)!r} has no config.json", where="model.visual_encoder", hint="download a CLIP checkpoint (e.g. openai/clip-vit-large-patch14-336) to that folder")
+        if model_cfg.get("image_folder") and not Path(model_cfg["image_folder"]).expanduser().is_dir():
+            raise FtcoreError(f"image folder {model_cfg['image_folder']!r} does not exist", where="model.image_folder")
+        cfg = dict(model_cfg)
+        cfg["visual_encoder_lora"] = vision_lora_config(cfg.get("visual_encoder_lora"))
+        use_image_folder(cfg.get("image_folder"))  # the llava format checks images against it
+        return LlavaBuilder(cfg, parts.models.get(cfg["llm_builder"]))
+
+    def _require_cfg(self) -> dict[str, Any]:
+        if self.cfg is None:
+            raise FtcoreError("the llava builder must be configured with a recipe's model section first (LlavaBuilder.configure)")
+        return self.cfg
+
+    # -- the protocol ------------------------------------------------------------------
+
+    def load_tokenizer(self, path: str, trust_remote_code: bool = False) -> Any:
+        """The LLM's tokenizer with ``<image>`` added as a special token."""
+        from tokenizers import AddedToken
+
+        self._require_cfg()
+        tok = self.llm_builder.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        if IMAGE_TOKEN not in tok.get_vocab():
+            tok.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+        self.tokenizer = tok
+        self.image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+        return tok
+
+    def load_model(self, path: str, **kwargs: Any) -> Any:
+        """The LLM (through ``model.llm_builder``), the CLIP vision tower and the projector."""
+        import torch
+        from transformers import CLIPVisionModel
+
+        from .model import LlavaModel, Projector
+
+        cfg = self._require_cfg()
+        if self.image_token_id is None:
+            self.load_tokenizer(cfg.get("tokenizer_path") or path, trust_remote_code=kwargs.get("trust_remote_code", False))
+        llm = self.llm_builder.load_model(path, **kwargs)
+        dtype = kwargs.get("dtype") or torch.float32
+        vision = CLIPVisionModel.from_pretrained(str(Path(cfg["visual_encoder"]).expanduser()), dtype=dtype)
+        projector = Projector(vision.config.hidden_size, llm.config.hidden_size, depth=cfg.get("projector_depth", 2))
+        if cfg.get("projector"):
+            projector.load_weights(resolve_projector(cfg["projector"]))
+        device = next(llm.parameters()).device
+        vision.to(device)
+        projector.to(device)
+        return LlavaModel(llm, vision, projector, self.image_token_id, select_layer=cfg.get("visual_select_layer", -2))
+
+    def prepare_for_training(self, model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> Any:
+        """Freeze flags, LoRA/QLoRA on the LLM, LoRA on the vision tower, a trainable projector."""
+        from peft import LoraConfig, get_peft_model
+
+        from ftcore.models.loading import lora_targets
+
+        cfg = self._require_cfg()
+        llm, vision = model.llm, model.visual_encoder
+        quantized = model_cfg["quantization"] != "none"
+        checkpointing = model_cfg["gradient_checkpointing"]
+        llm_lora = bool(cfg["llm_lora"]) and adapter_cfg["kind"] in ("lora", "qlora")
+        if quantized and not llm_lora and not cfg["freeze_llm"]:
+            raise FtcoreError("a quantized LLM cannot be trained fully", where="model.freeze_llm", hint="set model.freeze_llm=true, or model.quantization=none")
+        if model_cfg.get("chunked_loss", True):
+            from ftcore.models.loss_head import install_loss_head
+
+            install_loss_head(llm)
+        if quantized:
+            from peft import prepare_model_for_kbit_training
+
+            llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            llm.requires_grad_(not cfg["freeze_llm"] and not llm_lora)
+            if checkpointing:
+                llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if llm_lora:
+            llm = get_peft_model(llm, LoraConfig(
+                r=adapter_cfg["r"], lora_alpha=adapter_cfg["alpha"], lora_dropout=adapter_cfg["dropout"],
+                target_modules=lora_targets(llm, adapter_cfg["targets"]), modules_to_save=adapter_cfg["modules_to_save"],
+                bias=adapter_cfg["bias"], task_type="CAUSAL_LM",
+            ))
+        vlora = cfg["visual_encoder_lora"]
+        vision.requires_grad_(not cfg["freeze_visual_encoder"] and not vlora)
+        if vlora:
+            if checkpointing:
+                vision.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            vision = get_peft_model(vision, LoraConfig(r=vlora["r"], lora_alpha=vlora["alpha"], lora_dropout=vlora["dropout"], target_modules=lora_targets(vision, vlora["targets"])))
+        model.projector.requires_grad_(True)
+        model.llm, model.visual_encoder = llm, vision
+        return model
+
+    # -- batches -----------------------------------------------------------------------
+
+    @property
+    def processor(self) -> Any:
+        if self._processor is None:
+            self._processor = load_image_processor(Path(self._require_cfg()["visual_encoder"]).expanduser())
+        return self._processor
+
+    @property
+    def num_image_tokens(self) -> int:
+        if self._num_image_tokens is None:
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(str(Path(self._require_cfg()["visual_encoder"]).expanduser()))
+            vision = getattr(cfg, "vision_config", cfg)
+            self._num_image_tokens = (vision.image_size // vision.patch_size) ** 2
+        return self._num_image_tokens
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Images -> ``pixel_values``; each ``<image>`` token becomes one slot per image patch.
+
+        Labels at image slots are -100 and position ids are renumbered inside each sample,
+        so ``labels`` line up with the sequence the LLM sees.
+        """
+        import torch
+
+        from .model import expand_image_tokens
+
+        cfg = self._require_cfg()
+        images = batch.pop("image", None)
+        ids, labels, positions = (batch[k].numpy() for k in ("input_ids", "labels", "position_ids"))
+        n = self.num_image_tokens
+        rows, paths = [], []
+        for r in range(len(ids)):
+            row_images = [p for p in (images[r] if images is not None else []) if p]
+            found = int((ids[r] == self.image_token_id).sum())
+            if found != len(row_images):
+                raise FtcoreError(
+                    f"a batch row has {found} {IMAGE_TOKEN} token(s) for {len(row_images)} image(s)",
+                    hint="a sample was probably cut inside its prompt by data.max_length; raise it",
+                )
+            paths += [resolve_image(p, cfg.get("image_folder")) for p in row_images]
+            rows.append(expand_image_tokens(ids[r], labels[r], positions[r], self.image_token_id, n) if found else (ids[r], labels[r], positions[r]))
+        width = -(-max(len(r[0]) for r in rows) // 8) * 8
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None and self.tokenizer.pad_token_id is not None else 0
+        out = {k: np.empty((len(rows), width), dtype=np.int64) for k in ("input_ids", "labels", "position_ids")}
+        for i, (row_ids, row_labels, row_pos) in enumerate(rows):
+            k = len(row_ids)
+            out["input_ids"][i] = np.concatenate([row_ids, np.full(width - k, pad_id)])
+            out["labels"][i] = np.concatenate([row_labels, np.full(width - k, -100)])
+            out["position_ids"][i] = np.concatenate([row_pos, np.arange(width - k)])
+        batch.update({k: torch.from_numpy(v) for k, v in out.items()})
+        if paths:
+            batch["pixel_values"] = pixel_values(paths, self.processor, cfg.get("pad_image_to_square", True))
+        return batch
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def save_checkpoint(self, model: Any, folder: Path) -> None:
+        """``llm_adapter/``, ``visual_encoder_adapter/`` (PEFT), ``projector/``; ``llm/`` or ``visual_encoder/`` when trained fully."""
+        from peft import PeftModel
+
+        folder = Path(folder)
+        for part, adapter_dir, full_dir in ((model.llm, LLM_ADAPTER, LLM_FULL), (model.visual_encoder, VISION_ADAPTER, VISION_FULL)):
+            if isinstance(part, PeftModel):
+                part.save_pretrained(str(folder / adapter_dir), safe_serialization=True)
+            elif any(p.requires_grad for p in part.parameters()):
+                part.save_pretrained(str(folder / full_dir), safe_serialization=True)
+        model.projector.save_pretrained(folder / PROJECTOR)
+
+    def load_checkpoint(self, model: Any, folder: Path) -> None:
+        """Put the weights :meth:`save_checkpoint` wrote back into ``model``."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / PROJECTOR / "model.safetensors").is_file():
+            raise FtcoreError(f"checkpoint {folder} has no {PROJECTOR}/ (it was not written by the llava builder)")
+        for part, adapter_dir, full_dir in ((model.llm, LLM_ADAPTER, LLM_FULL), (model.visual_encoder, VISION_ADAPTER, VISION_FULL)):
+            if (folder / adapter_dir / "adapter_model.safetensors").is_file():
+                set_peft_model_state_dict(part, load_file(str(folder / adapter_dir / "adapter_model.safetensors")))
+            elif (folder / full_dir).is_dir():
+                from transformers.modeling_utils import load_sharded_checkpoint
+
+                if (folder / full_dir / "model.safetensors").is_file():
+                    part.load_state_dict(load_file(str(folder / full_dir / "model.safetensors")), strict=False)
+                else:
+                    load_sharded_checkpoint(part, str(folder / full_dir), strict=False)
+        model.projector.load_state_dict(load_file(str(folder / PROJECTOR / "model.safetensors")))
+
+    def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None:
+        """The LLM and vision tower with their adapters merged (``llm/``, ``visual_encoder/``) and ``projector/``."""
+        from peft import PeftModel
+
+        out_dir = Path(out_dir)
+        for part, name in ((model.llm, LLM_FULL), (model.visual_encoder, VISION_FULL)):
+            merged = part.merge_and_unload() if isinstance(part, PeftModel) else part
+            merged.save_pretrained(str(out_dir / name), max_shard_size=max_shard_size, safe_serialization=True)
+        model.projector.save_pretrained(out_dir / PROJECTOR)
+        (out_dir / "llava.json").write_text(json.dumps({"image_token": IMAGE_TOKEN, "visual_select_layer": model.select_layer}, indent=2))
+
+
+build = LlavaBuilder()
