@@ -49,6 +49,17 @@ def tiny_clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A tiny random Llama whose tokenizer knows the captions' words (a few tokens per caption)."""
+    from ftcore.models.tiny import make_tiny_causal_lm, make_tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    captions = [c for _, _, c in SHAPES.values()] + [PROMPT, "Render a clear and concise summary of the photo."]
+    make_tokenizer(root / "tok", extra_corpus=captions * 8)
+    return make_tiny_causal_lm(root / "tiny-llm", tokenizer_dir=root / "tok")
+
+
+@pytest.fixture(scope="session")
 def llava_data(tmp_path_factory) -> Path:
     """images/ with coloured shapes, pretrain.json (captions) and finetune.jsonl (questions + a text-only record)."""
     root = tmp_path_factory.mktemp("llava-data")
@@ -115,18 +126,16 @@ def test_missing_or_unreadable_image_names_the_record_and_path(llava_data, tmp_p
     assert any("rec-7" in p for p in report.problems) and any("rec-9" in p for p in report.problems)
 
 
-def test_a_run_reports_a_missing_image_or_skips_and_counts_it(tmp_path, tiny_llama, tiny_clip, llava_data) -> None:
+def test_a_run_reports_a_missing_image_or_skips_and_counts_it(tmp_path, tiny_llm, tiny_clip, llava_data) -> None:
     records = json.loads((llava_data / "pretrain.json").read_text())
     records.append({"id": "lost-1", "image": "shapes/lost.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]})
     data = tmp_path / "bad.json"
     data.write_text(json.dumps(records))
-    recipe = write_recipe(tmp_path / "r.yaml", "llava_internlm2_pretrain", tiny_llama, tiny_clip, llava_data, data, tmp_path / "wd", steps=1)
-    proc = run_cli("run", "--recipe", str(recipe), "--dry-run")
+    recipe = write_recipe(tmp_path / "r.yaml", "llava_internlm2_pretrain", tiny_llm, tiny_clip, llava_data, data, tmp_path / "wd", steps=1)
     raised = run_cli("run", "--recipe", str(recipe))
     assert raised.returncode != 0 and "lost-1" in raised.stderr and "shapes/lost.png" in raised.stderr and "Traceback" not in raised.stderr, raised.stderr
     skipped = run_cli("run", "--recipe", str(recipe), "data.on_error=skip", "train.max_steps=1", check=True)
     assert "1 bad records skipped" in skipped.stdout and "lost-1" in skipped.stdout
-    del proc
 
 
 # --------------------------------------------------------------------------- batches
@@ -169,14 +178,14 @@ def losses(work_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, tiny_llama, tiny_clip, llava_data) -> None:
+def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, tiny_llm, tiny_clip, llava_data) -> None:
     pytest.importorskip("bitsandbytes")
     import torch
     from safetensors.torch import load_file
 
     # stage 1: only the projector trains on captions (4-bit LLM and CLIP frozen)
     pre = tmp_path / "pretrain"
-    recipe1 = write_recipe(tmp_path / "pretrain.yaml", "llava_internlm2_pretrain", tiny_llama, tiny_clip, llava_data, llava_data / "pretrain.json", pre, steps=4)
+    recipe1 = write_recipe(tmp_path / "pretrain.yaml", "llava_internlm2_pretrain", tiny_llm, tiny_clip, llava_data, llava_data / "pretrain.json", pre, steps=4)
     out1 = run_cli("run", "--recipe", str(recipe1), check=True)
     assert "nf4" in out1.stdout
     ckpt1 = pre / "checkpoint-4"
@@ -187,7 +196,7 @@ def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, t
 
     # stage 2: from the pretrained projector, QLoRA on the LLM and LoRA on the vision tower
     fin = tmp_path / "finetune"
-    recipe2 = write_recipe(tmp_path / "finetune.yaml", "llava_internlm2_qlora", tiny_llama, tiny_clip, llava_data, llava_data / "finetune.jsonl", fin, steps=24,
+    recipe2 = write_recipe(tmp_path / "finetune.yaml", "llava_internlm2_qlora", tiny_llm, tiny_clip, llava_data, llava_data / "finetune.jsonl", fin, steps=24,
                            model={"projector": str(pre)}, train={"lr": 2.0e-3, "save_every": 12})
     out2 = run_cli("run", "--recipe", str(recipe2), check=True)
     assert "nf4" in out2.stdout
@@ -206,7 +215,7 @@ def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, t
     resumed.mkdir()
     shutil.copytree(fin / "checkpoint-12", resumed / "checkpoint-12")
     (resumed / "metrics.jsonl").write_text("".join(l + "\n" for l in (fin / "metrics.jsonl").read_text().splitlines()[:12]))
-    recipe3 = write_recipe(tmp_path / "resume.yaml", "llava_internlm2_qlora", tiny_llama, tiny_clip, llava_data, llava_data / "finetune.jsonl", resumed, steps=24,
+    recipe3 = write_recipe(tmp_path / "resume.yaml", "llava_internlm2_qlora", tiny_llm, tiny_clip, llava_data, llava_data / "finetune.jsonl", resumed, steps=24,
                            model={"projector": str(pre)}, train={"lr": 2.0e-3, "save_every": 12})
     out3 = run_cli("run", "--recipe", str(recipe3), "--resume", check=True)
     assert "at step 12/24" in out3.stdout
@@ -216,17 +225,17 @@ def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, t
     from ftcore_llava.chat import answer_with_image, load_llava
 
     for name, (_, _, caption) in SHAPES.items():
-        answer = answer_with_image(tiny_llama, ckpt, tiny_clip, llava_data / "images" / "shapes" / name, PROMPT, max_new_tokens=8)
+        answer = answer_with_image(tiny_llm, ckpt, tiny_clip, llava_data / "images" / "shapes" / name, PROMPT, max_new_tokens=16)
         assert answer == caption, (name, answer)
-    chat = load_llava(tiny_llama, fin, tiny_clip)  # the work dir: its latest checkpoint
-    pieces = list(chat.stream(llava_data / "images" / "shapes" / "blue_square.png", PROMPT, max_new_tokens=8))
+    chat = load_llava(tiny_llm, fin, tiny_clip)  # the work dir: its latest checkpoint
+    pieces = list(chat.stream(llava_data / "images" / "shapes" / "blue_square.png", PROMPT, max_new_tokens=16))
     assert "".join(pieces).strip() == "blue square" and len(pieces) > 1
 
     # export: transformers' LlavaForConditionalGeneration gives the same logits
     from ftcore_llava.export import to_hf_llava
     from transformers import LlavaForConditionalGeneration
 
-    out = to_hf_llava(tiny_llama, ckpt, tiny_clip, tmp_path / "hf-llava")
+    out = to_hf_llava(tiny_llm, ckpt, tiny_clip, tmp_path / "hf-llava")
     hf = LlavaForConditionalGeneration.from_pretrained(str(out)).eval()
     ids, pixels = chat._inputs(llava_data / "images" / "shapes" / "red_circle.png", PROMPT, [])
     with torch.no_grad():

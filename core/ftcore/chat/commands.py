@@ -66,13 +66,11 @@ def _model_options(func: Any) -> Any:
 
 
 def _load(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None) -> Any:
-    from .generate import load_chat_model
+    from .generate import load_chat_model, plan_chat
 
+    plan = plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None)
     _quiet()
-    return load_chat_model(
-        app.parts, model, adapter=adapter, builder=builder, template=template, system=system,
-        bits=int(bits) if bits else None, warn=_warn,
-    )
+    return load_chat_model(app.parts, plan, warn=_warn)
 
 
 @click.command("merge")
@@ -95,10 +93,9 @@ def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, 
     """
     from .merge import merge_adapter
 
-    _quiet()
     merge_adapter(
         app.parts, base, adapter, out, max_shard_size=max_shard_size, dtype=dtype, fmt=fmt,
-        builder=builder, template=template, force=force, log=click.echo,
+        builder=builder, template=template, force=force, log=click.echo, before_load=_quiet,
     )
     click.echo(f"next: ftcore chat {out}")
 
@@ -148,13 +145,17 @@ def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, s
 
     Needs the serve extra: pip install 'ftcore[serve]'.
     """
-    from .serve import check_server_deps, serve
+    from .generate import load_chat_model, plan_chat
+    from .serve import check_server_deps, open_socket, serve
 
     check_server_deps()
+    plan = plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None)
+    sock = open_socket(host, port)  # before loading: a busy port fails fast
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         _warn(f"warning: listening on {host} without --api-key: anyone who can reach this address can use the model")
-    chat_model = _load(app, model, adapter, template, system, bits, builder)
-    serve(chat_model, host=host, port=port, api_key=api_key, max_new_tokens=max_new_tokens)
+    _quiet()
+    chat_model = load_chat_model(app.parts, plan, warn=_warn)
+    serve(chat_model, sock, api_key=api_key, max_new_tokens=max_new_tokens)
 
 
 def add_chat_commands(cli: click.Group) -> None:

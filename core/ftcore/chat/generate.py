@@ -55,7 +55,7 @@ def read_adapter(path: str | Path) -> AdapterInfo:
         raise FtcoreError(f"adapter folder {str(path)!r} does not exist", hint=hint)
     config = p / "adapter_config.json"
     if not config.is_file():
-        extra = " (it holds a full model: chat with it or merge nothing)" if (p / "config.json").is_file() else ""
+        extra = " (it holds a full model, which needs no adapter: use it as MODEL)" if (p / "config.json").is_file() else ""
         raise FtcoreError(f"adapter folder {str(path)!r} has no adapter_config.json{extra}", hint=hint)
     if not any((p / n).is_file() for n in ADAPTER_WEIGHTS):
         raise FtcoreError(f"adapter folder {str(path)!r} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})", hint=hint)
@@ -145,15 +145,22 @@ def model_config(path: str | Path) -> dict[str, Any]:
         return {}
 
 
-def resolve_builder(parts: Any, name: str | None, model_path: str | Path, adapter: AdapterInfo | None = None) -> tuple[str, Any]:
-    """(name, builder): ``--builder``, else the adapter's recipe's, else a builder named after
-    the checkpoint's ``model_type`` (e.g. ``internlm2``), else ``hf``."""
+def builder_name(parts: Any, name: str | None, model_path: str | Path, adapter: AdapterInfo | None = None) -> str:
+    """The builder to load with: ``--builder``, else the adapter's recipe's, else one named
+    after the checkpoint's ``model_type`` (e.g. ``internlm2``), else ``hf``. Checked, not loaded."""
     if not name and adapter is not None and adapter.builder:
         name = adapter.builder
     if not name:
         model_type = model_config(model_path).get("model_type")
         name = model_type if model_type and model_type in parts.models else "hf"
-    return name, parts.models.get(name)
+    parts.models.part(name)  # an unknown name: an error with "did you mean"
+    return name
+
+
+def resolve_builder(parts: Any, name: str | None, model_path: str | Path, adapter: AdapterInfo | None = None) -> tuple[str, Any]:
+    """(name, builder object) as :func:`builder_name` chooses."""
+    chosen = builder_name(parts, name, model_path, adapter)
+    return chosen, parts.models.get(chosen)
 
 
 def resolve_template(
@@ -206,9 +213,56 @@ class ChatModel:
         return Generation(self.model, self.tokenizer, self.template, messages, **settings)
 
 
-def load_chat_model(
+@dataclass
+class ChatPlan:
+    """What ``load_chat_model`` will load, checked before anything heavy is imported."""
+
+    model_path: str
+    adapter: AdapterInfo | None
+    builder: str
+    template: str | None
+    system: str | None
+    bits: int | None = None
+
+
+def plan_chat(
     parts: Any,
     model_path: str,
+    *,
+    adapter: str | None = None,
+    builder: str | None = None,
+    template: str | None = None,
+    system: str | None = None,
+    bits: int | None = None,
+) -> ChatPlan:
+    """Check the model folder, adapter files, builder and template names (cheap; no torch).
+
+    MODEL may itself be an adapter folder: its base then comes from its recipe or adapter_config.
+    """
+    info = None
+    if adapter is None and is_adapter_dir(model_path):
+        info = read_adapter(model_path)
+        model_path = base_of(info)
+    elif adapter is not None:
+        info = read_adapter(adapter)
+    p = Path(model_path).expanduser()
+    if not (p / "config.json").is_file():
+        raise FtcoreError(
+            f"model folder {model_path!r} {'has no config.json' if p.is_dir() else 'does not exist'}",
+            hint="give a local checkpoint folder (config.json, *.safetensors, tokenizer files), or an adapter checkpoint folder",
+        )
+    chosen = builder_name(parts, builder, model_path, info)
+    for name in (template, info.template if info is not None else None):
+        if name:
+            parts.templates.part(name)
+    if system is None and info is not None:
+        system = info.system
+    return ChatPlan(model_path=str(model_path), adapter=info, builder=chosen, template=template, system=system, bits=bits)
+
+
+def load_chat_model(
+    parts: Any,
+    model_path: str | ChatPlan,
     *,
     adapter: str | None = None,
     builder: str | None = None,
@@ -218,48 +272,39 @@ def load_chat_model(
     device: str = "auto",
     warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> ChatModel:
-    """Load MODEL (and ``adapter``) through the registered builder, ready to chat.
-
-    MODEL may itself be an adapter folder: its base comes from its recipe or adapter_config.
-    """
+    """Load MODEL (and ``adapter``) through the registered builder, ready to chat
+    (``model_path`` may be a :class:`ChatPlan` made by :func:`plan_chat`)."""
     import torch
 
     from ..models.loading import quantization_config
 
-    info = None
-    if adapter is None and is_adapter_dir(model_path):
-        adapter = model_path
-        info = read_adapter(adapter)
-        model_path = base_of(info)
-    elif adapter is not None:
-        info = read_adapter(adapter)
-    if not Path(model_path).expanduser().is_dir():
-        raise FtcoreError(f"model folder {model_path!r} does not exist", hint="give a local checkpoint folder (config.json, *.safetensors, tokenizer files)")
-    builder_name, build = resolve_builder(parts, builder, model_path, info)
+    plan = model_path if isinstance(model_path, ChatPlan) else plan_chat(
+        parts, model_path, adapter=adapter, builder=builder, template=template, system=system, bits=bits
+    )
+    info = plan.adapter
+    build = parts.models.get(plan.builder)
     trust = bool(info.trust_remote_code) if info is not None else False
-    tokenizer = build.load_tokenizer(str(model_path), trust_remote_code=trust)
+    tokenizer = build.load_tokenizer(plan.model_path, trust_remote_code=trust)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    chat_template = resolve_template(parts, template, info, tokenizer, warn)
+    chat_template = resolve_template(parts, plan.template, info, tokenizer, warn)
     dev = pick_device(device)
     if dev.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
         dtype = torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
-    if bits:
-        kwargs["quantization_config"] = quantization_config({4: "nf4", 8: "int8"}[bits], True, dtype)
+    if plan.bits:
+        kwargs["quantization_config"] = quantization_config({4: "nf4", 8: "int8"}[plan.bits], True, dtype)
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
-    model = build.load_model(str(model_path), **kwargs)
-    if not bits:
+    model = build.load_model(plan.model_path, **kwargs)
+    if not plan.bits:
         model.to(dev)
     if info is not None:
         model = attach_adapter(model, info)
     model.eval()
-    if system is None and info is not None:
-        system = info.system
-    name = Path(str(adapter or model_path)).expanduser().resolve().name
-    return ChatModel(model=model, tokenizer=tokenizer, template=chat_template, system=system, name=name or builder_name)
+    name = (info.path if info is not None else Path(plan.model_path)).expanduser().resolve().name
+    return ChatModel(model=model, tokenizer=tokenizer, template=chat_template, system=plan.system, name=name or plan.builder)
 
 
 # --------------------------------------------------------------------------- generation

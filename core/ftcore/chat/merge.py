@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FtcoreError
-from .generate import AdapterInfo, attach_adapter, model_config, read_adapter, resolve_builder, stop_token_ids
+from .generate import AdapterInfo, attach_adapter, model_config, read_adapter, stop_token_ids
+from .generate import builder_name as resolve_builder_name
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 FORMATS = ("native", "llama")
@@ -159,33 +160,43 @@ def merge_adapter(
     template: str | None = None,
     force: bool = False,
     log: Callable[[str], None] = print,
+    before_load: Callable[[], None] | None = None,
 ) -> Path:
     """Merge ``adapter`` into ``base`` and write a standalone model to ``out``; return ``out``.
 
     The merge runs in fp32 on the CPU; the result is saved in ``dtype`` (default: the base
-    checkpoint's own dtype, fp32 when it does not say).
+    checkpoint's own dtype, fp32 when it does not say). Every argument, path and name is
+    checked before anything heavy is imported; ``before_load`` runs just before.
     """
-    import torch
-
     out = Path(out).expanduser()
     if fmt not in FORMATS:
         raise FtcoreError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     parse_size(max_shard_size)
     check_out_dir(out, force)
     info: AdapterInfo = read_adapter(adapter)
+    for name, folder in (("BASE", base), ("ADAPTER", adapter)):
+        if out.resolve() == Path(folder).expanduser().resolve():
+            raise FtcoreError(f"OUT is the {name} folder ({folder}); merging would overwrite it", hint="give a new folder as OUT")
     if not (Path(base).expanduser() / "config.json").is_file():
         raise FtcoreError(f"base model folder {base!r} {'has no config.json' if Path(base).is_dir() else 'does not exist'}", hint="give the local checkpoint folder the adapter was trained on")
-    builder_name, build = resolve_builder(parts, builder, base, info)
+    builder_name = resolve_builder_name(parts, builder, base, info)
     template_name = template or info.template
     if template and info.template and template != info.template:
         log(f"warning: the adapter was trained with template {info.template!r}, but --template is {template!r}")
     chat_template = parts.templates.get(template_name) if template_name else None
+    if chat_template is None:
+        log("note: the adapter has no recipe.yaml naming its template and no --template was given: the base tokenizer's chat_template is kept")
     out_dtype = dtype or {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
         str(model_config(base).get("torch_dtype") or model_config(base).get("dtype") or "float32"), "fp32"
     )
     if out_dtype not in DTYPES:
         raise FtcoreError(f"--dtype must be one of {', '.join(DTYPES)}, got {out_dtype!r}")
 
+    if before_load is not None:
+        before_load()
+    import torch
+
+    build = parts.models.get(builder_name)
     log(f"loading {base} ({builder_name} builder) and the adapter {info.path}")
     tokenizer = build.load_tokenizer(str(base), trust_remote_code=info.trust_remote_code)
     model = build.load_model(str(base), dtype=torch.float32, trust_remote_code=info.trust_remote_code)

@@ -222,13 +222,10 @@ def _sse(chat: ChatModel, generation: Any, cid: str, created: int, model_id: str
         yield "data: [DONE]\n\n"
 
 
-def serve(chat: ChatModel, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_new_tokens: int = 512) -> None:
-    """Run the server until Ctrl-C (``port`` 0 picks a free port, printed at start)."""
+def open_socket(host: str, port: int) -> Any:
+    """A listening-ready socket bound to ``host:port`` (0 = a free port), or a clear error."""
     import socket
 
-    import uvicorn
-
-    app = create_app(chat, api_key=api_key, max_new_tokens=max_new_tokens)
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -236,7 +233,16 @@ def serve(chat: ChatModel, *, host: str = "127.0.0.1", port: int = 8000, api_key
         sock.bind((host, port))
     except OSError as exc:
         raise FtcoreError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="pick another --port, or check --host") from None
-    port = sock.getsockname()[1]
+    return sock
+
+
+def serve(chat: ChatModel, sock: Any, *, api_key: str | None = None, max_new_tokens: int = 512) -> None:
+    """Serve ``chat`` on the bound socket ``sock`` until Ctrl-C/SIGTERM; print the address first."""
+    import uvicorn
+
+    app = create_app(chat, api_key=api_key, max_new_tokens=max_new_tokens)
+    host, port = sock.getsockname()[:2]
+    sock.listen(2048)  # connections made from now on wait in the backlog until uvicorn accepts them
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {chat.name} (template {chat.template.name}) at http://{shown}:{port}/  (OpenAI API: http://{shown}:{port}/v1)", flush=True)
     if api_key:

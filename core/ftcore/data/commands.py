@@ -11,6 +11,7 @@ import json
 import os
 import random
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -390,3 +391,239 @@ def self_cognition_cmd(name: str, author: str | None, count: int, lang: str, see
     example = records[0]["messages"]
     out.print(f"  e.g. user: {example[0]['content']}  assistant: {example[1]['content']}", markup=False)
     out.print(f"  train on it with data.path={output} data.format=openai", markup=False)
+
+
+# -- show / check: a recipe's data as the model will see it ------------------------------------
+
+
+def _recipe(ctx: click.Context, recipe_ref: str, overrides: Sequence[str]) -> tuple[Any, Any]:
+    """The validated recipe (model folder and data files must exist) and the app's parts."""
+    from ..recipe import load_recipe
+
+    parts = _app(ctx).parts
+    return load_recipe(recipe_ref, parts, overrides, check_paths=True), parts
+
+
+def _tokenizer_and_template(recipe: Any, parts: Any) -> tuple[Any, Any]:
+    """The tokenizer, through the recipe's model builder as `run` loads it, and the chat template."""
+    model_cfg, data_cfg = recipe["model"], recipe["data"]
+    builder = parts.models.get(model_cfg["builder"])
+    configure = getattr(builder, "configure", None)  # as `run` does: a builder with model.* options
+    if configure is not None:
+        builder = configure(model_cfg, parts)
+    tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
+    template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
+    return tokenizer, template
+
+
+def _data_line(recipe: Any) -> str:
+    d = recipe["data"]
+    paths = d["path"] if isinstance(d["path"], list) else [d["path"]]
+    pack = "on" if d["pack"] else "off"
+    return f"{', '.join(map(str, paths))} (format {d['format']}, template {d['template']}, max_length {d['max_length']}, packing {pack})"
+
+
+def token_segments(tokenizer: Any, ids: Sequence[int], trained: Sequence[bool]) -> list[tuple[str, bool]]:
+    """A sample's tokens as ``(text, trained)`` runs, decoded with special tokens shown.
+
+    Each run is the decoded prefix up to its end minus the decoded prefix before it, so a
+    character split over two runs and a decoder that treats the first token specially
+    still read right.
+    """
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or trained[k] != trained[start]:
+            runs.append((start, k, bool(trained[start])))
+            start = k
+
+    def decode(part: Sequence[int]) -> str:
+        return tokenizer.decode(list(part), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    out: list[tuple[str, bool]] = []
+    before = ""
+    for lo, hi, is_trained in runs:
+        upto = decode(ids[:hi])
+        text = upto[len(before) :] if upto.startswith(before) else decode(ids[lo:hi])
+        out.append((text, is_trained))
+        before = upto
+    return out
+
+
+def _plain(out: Any) -> bool:
+    """True when the console shows no colours (not a terminal, or NO_COLOR)."""
+    return out.color_system is None or out.no_color
+
+
+#: Marks trained text when the output has no colours (piped to a file or another program).
+MARKS = ("⟦", "⟧")
+
+
+def _render(out: Any, segments: Sequence[tuple[str, bool]]) -> Any:
+    from rich.text import Text
+
+    text = Text()
+    plain = _plain(out)
+    for piece, is_trained in segments:
+        if plain and is_trained:
+            text.append(f"{MARKS[0]}{piece}{MARKS[1]}")
+        else:
+            text.append(piece, style="green" if is_trained else "dim")  # Text: never parsed as markup
+    return text
+
+
+def histogram(values: Sequence[int], bins: int = 10, width: int = 40) -> list[str]:
+    """Lines of a text histogram with unicode bars: ``  lo -   hi │████▌ count``."""
+    import numpy as np
+
+    values = np.asarray(values)
+    if not len(values):
+        return []
+    lo, hi = int(values.min()), int(values.max())
+    bins = max(1, min(bins, hi - lo + 1))
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi + 1))
+    top = max(1, int(counts.max()))
+    partial = " ▏▎▍▌▋▊▉"
+    digits = len(str(hi))
+    lines = []
+    for count, left, right in zip(counts.tolist(), edges[:-1], edges[1:]):
+        eighths = round(count / top * width * 8)
+        bar = "█" * (eighths // 8) + (partial[eighths % 8] if eighths % 8 else "")
+        if count and not bar:
+            bar = "▏"
+        a, b = int(np.ceil(left)), int(np.ceil(right)) - 1
+        lines.append(f"  {a:>{digits}} - {b:>{digits}} │{bar:<{width}} {count}")
+    return lines
+
+
+def length_stats(lengths: Sequence[int]) -> dict[str, float]:
+    import numpy as np
+
+    values = np.asarray(lengths)
+    return {
+        "min": int(values.min()),
+        "median": float(np.median(values)),
+        "mean": float(values.mean()),
+        "p95": float(np.percentile(values, 95)),
+        "max": int(values.max()),
+    }
+
+
+def _fmt_num(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+@data.command("show")
+@click.option("--recipe", "-r", "recipe_ref", required=True, help="a registered recipe name or a YAML file")
+@click.argument("overrides", nargs=-1)
+@click.option("-n", "count", type=click.IntRange(min=0), default=3, show_default=True, help="samples to print")
+@click.pass_context
+def show_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...], count: int) -> None:
+    """Print samples as the model is trained on them, and length statistics.
+
+    Runs the recipe's data pipeline (load, format, template, encode, pack; cached as for
+    `ftcore run`). Trained tokens are green, masked ones dim; when the output is not a
+    terminal, trained text is written between ⟦ and ⟧. Samples are shown in training
+    order (after the seeded shuffle). OVERRIDES are key=value pairs, e.g. data.max_length=512.
+    """
+    import numpy as np
+
+    from .pack import IGNORE
+    from .pipeline import prepare_data
+
+    recipe, parts = _recipe(ctx, recipe_ref, overrides)
+    tokenizer, template = _tokenizer_and_template(recipe, parts)
+    out = _console()
+    log = lambda message: out.print(message, style="dim", markup=False)  # noqa: E731
+    packed, report = prepare_data(recipe["data"], parts.formats, tokenizer, template, recipe["train"]["seed"], log=log)
+    out.print(f"data: {_data_line(recipe)}", markup=False)
+    starts = packed.sample_starts
+    lengths = np.diff(starts)
+    shown = min(count, packed.num_samples)
+    if shown:
+        if _plain(out):
+            out.print(f"legend: {MARKS[0]}trained{MARKS[1]}, everything else is masked (labels -100)", markup=False)
+        else:
+            out.print("legend: [green]trained[/green] [dim]masked (labels -100)[/dim]")
+    for k in range(shown):
+        lo, hi = int(starts[k]), int(starts[k + 1])
+        trained = packed.labels[lo:hi] != IGNORE
+        out.print()
+        out.rule(f"sample {k + 1} of {packed.num_samples}: {hi - lo} tokens, {int(trained.sum())} trained", style="dim")
+        out.print(_render(out, token_segments(tokenizer, packed.tokens[lo:hi].tolist(), trained.tolist())))
+    if shown:
+        out.rule(style="dim")
+    out.print()
+    stats = length_stats(lengths)
+    out.print("sample length (tokens, after truncation): " + "  ".join(f"{k} {_fmt_num(v)}" for k, v in stats.items()), markup=False)
+    for line in histogram(lengths.tolist()):
+        out.print(line, markup=False)
+    out.print(
+        f"samples {report.samples} from {report.records} records; {report.tokens} tokens ({report.trained_tokens} trained)",
+        markup=False,
+    )
+    out.print(
+        f"truncated to max_length {recipe['data']['max_length']}: {report.truncated}; dropped with no trained token: {report.dropped_empty}; "
+        f"dropped by the format: {report.dropped_by_format}; malformed records skipped: {report.skipped}",
+        markup=False,
+    )
+    rows = f"{report.rows} rows of up to {packed.max_length} tokens" if recipe["data"]["pack"] else f"{report.rows} rows (one sample each, padded to the longest in a batch)"
+    out.print(f"packing efficiency {report.efficiency:.1%} ({rows})" + (" [cached]" if report.cached else ""), markup=False)
+
+
+@data.command("check")
+@click.option("--recipe", "-r", "recipe_ref", required=True, help="a registered recipe name or a YAML file")
+@click.argument("overrides", nargs=-1)
+@click.pass_context
+def check_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...]) -> None:
+    """Check every record of a recipe's data; exit 1 if any record has a problem.
+
+    Loads and formats every record, reporting every malformed one (file:line and field),
+    not only the first; then encodes the rest with the recipe's tokenizer and template and
+    prints the counts. Use it to gate a long run: `ftcore data check -r R && ftcore run -r R`.
+    """
+    from .load import detect_format, load_records
+    from .pack import pack
+    from .pipeline import DataReport, RecordProblem, data_paths, encode_all, fill_counts, find_format_problems
+
+    recipe, parts = _recipe(ctx, recipe_ref, overrides)
+    data_cfg, seed = recipe["data"], recipe["train"]["seed"]
+    out = _console()
+    out.print(f"checking {_data_line(recipe)}", markup=False)
+    try:
+        records = load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed)
+    except FtcoreError as exc:  # a file that cannot be read as records stops at its first bad line
+        out.print(f"[red]✗ cannot read the data[/red] (reading stops at the first unreadable line of a file):")
+        out.print(f"  {exc}", markup=False)
+        sys.exit(1)
+    name = data_cfg["format"]
+    if name == "auto":
+        name = detect_format(records, parts.formats)
+    samples, fmt_report, problems = find_format_problems(records, parts.formats.get(name))
+    tokenizer, template = _tokenizer_and_template(recipe, parts)  # after reading: a broken file fails fast
+    if any("messages" in s for s in samples) and template is None:
+        raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")
+    report = DataReport(records=len(records), format=name, dropped_by_format=fmt_report.dropped)
+    encode_problems: list[RecordProblem] = []
+    ids, labels, extras = encode_all(samples, tokenizer, template, data_cfg, report, problems=encode_problems) if samples else ([], [], {})
+    problems = sorted(problems + encode_problems, key=lambda p: p.origin)  # in file order
+    report.skipped = len(problems)
+    if ids:
+        fill_counts(report, pack(ids, labels, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras))
+    detected = " (detected)" if data_cfg["format"] == "auto" else ""
+    out.print(f"records {report.records}, format {name}{detected}")
+    if report.dropped_by_format:
+        more = ", ..." if report.dropped_by_format > len(fmt_report.dropped_at) else ""
+        out.print(f"  dropped by the format on purpose (e.g. <nooutput>): {report.dropped_by_format} ({', '.join(fmt_report.dropped_at)}{more})", markup=False)
+    out.print(f"samples {report.samples}, tokens {report.tokens} ({report.trained_tokens} trained)", markup=False)
+    out.print(f"  truncated to max_length {data_cfg['max_length']}: {report.truncated}; dropped with no trained token: {report.dropped_empty}", markup=False)
+    if ids:
+        out.print(f"  {report.rows} row(s), packing efficiency {report.efficiency:.1%}", markup=False)
+    if problems:
+        out.print(f"[red]✗ {len(problems)} record(s) with problems:[/red]")
+        for problem in problems:
+            out.print(f"  - {problem}", markup=False)
+        hint = "fix them, or set data.on_error=skip to train without them" if not encode_problems else "fix them (records the template cannot encode stop a run even with data.on_error=skip)"
+        out.print(f"  {hint}", markup=False)
+        sys.exit(1)  # not ctx.exit: the CLI runs click with standalone_mode=False, which swallows its code
+    out.print("[green]✓ every record is fine[/green]")

@@ -261,6 +261,44 @@ def render_prompt(
     return "".join(str(text) for text, _ in pieces)
 
 
+def _rust_backend(tokenizer: Any) -> Any:
+    """The ``tokenizers.Tokenizer`` to call directly, or None when only ``tokenizer(...)`` is right.
+
+    Direct calls are equivalent for a plain transformers fast tokenizer (no subclass override of
+    the encoding path) whose backend has no truncation or padding of its own and splits special
+    tokens as the tokenizer says; anything else goes through ``tokenizer(...)``.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    cls = type(tokenizer)
+    if not (isinstance(tokenizer, TokenizersBackend) and cls._encode_plus is TokenizersBackend._encode_plus and cls.__call__ is PreTrainedTokenizerBase.__call__):
+        return None
+    if backend.truncation is not None or backend.padding is not None:
+        return None
+    if bool(backend.encode_special_tokens) != bool(getattr(tokenizer, "split_special_tokens", False)):
+        return None
+    return backend
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of every text, no special tokens added, in one batched call.
+
+    A fast tokenizer's Rust backend is called directly when that gives the same ids: going
+    through ``tokenizer(...)`` converts every encoding to a Python dict first, which for
+    short chat pieces costs about as much CPU as tokenising them.
+    """
+    backend = _rust_backend(tokenizer)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
 def encode_batch(
     samples: Sequence[dict[str, Any]],
     tokenizer: Any,
@@ -333,7 +371,7 @@ def encode_batch(
 
     encoded: list[list[int]] = []
     if texts:  # one call for the whole batch; masks are not needed
-        encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        encoded = _tokenize(tokenizer, texts)
     chunks = [encoded[k] if k >= 0 else (tok,) for k, tok in zip(kinds, tokens)]
     lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
     total = int(lengths.sum())

@@ -90,20 +90,113 @@ def default_cache_dir() -> Path:
     return Path(root) / "data"
 
 
-def encode_all(samples: list[dict[str, Any]], tokenizer: Any, template: Any, data_cfg: dict[str, Any], report: DataReport) -> tuple[list[list[int]], list[list[int]], dict[str, list]]:
-    """Encode in chunks; returns ids, labels and the carried extras of the kept samples."""
+@dataclass
+class RecordProblem:
+    """One bad record: where it is (``file:line``), the field at fault (if known) and what is wrong."""
+
+    where: str
+    field: str | None
+    message: str
+    #: the record's place in the data (file index, line, item): problems sort by it
+    origin: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" + (f" [field: {self.field}]" if self.field else "")
+
+
+def find_format_problems(records: Any, fmt: Any) -> tuple[Any, Any, list[RecordProblem]]:
+    """``apply_format`` with ``on_error="skip"``, plus *every* malformed record as a ``RecordProblem``.
+
+    Returns the samples, the ``FormatReport`` and the problems. Only the records that did
+    not become samples are looked at again (one by one, with ``on_error="raise"``) to learn
+    each one's field and location. Unlike ``apply_format`` it does not fail when no sample is left.
+    """
+    from .formats import RecordError
+    from .load import FormatReport, RecordList, apply_format
+
+    try:
+        samples, report = apply_format(records, fmt, "skip")
+    except FtcoreError:  # no sample left: every record was dropped or malformed
+        samples, report = RecordList([], [], getattr(records, "files", [])), None
+    kept = set(samples.origins)
+    problems: list[RecordProblem] = []
+    dropped_at: list[str] = []
+    for i in range(len(records)):
+        if records.origins[i] in kept:
+            continue
+        try:
+            apply_format(records.subset([i]), fmt, "raise")
+        except RecordError as exc:
+            problems.append(RecordProblem(exc.where or records.where(i), exc.field, exc.message, tuple(records.origins[i])))
+        except FtcoreError:  # "no samples left": the format dropped the record on purpose
+            try:
+                on_purpose = fmt.convert(records[i]) is None
+            except Exception:
+                on_purpose = False
+            if not on_purpose:
+                raise
+            dropped_at.append(records.where(i))
+    if report is None:
+        report = FormatReport(fmt.name, total=len(records), dropped=len(dropped_at), skipped=len(problems), dropped_at=dropped_at[:5])
+    return samples, report, problems
+
+
+def _encode_located(
+    samples: Any, offset: int, tokenizer: Any, template: Any, data_cfg: dict[str, Any], problems: list[RecordProblem]
+) -> list[tuple[int, dict[str, Any]]]:
+    """Encode ``samples``; a batch with a malformed sample is split in halves until each bad one is
+    found (cheap: ``encode_batch`` checks every sample before it tokenises). Returns
+    ``(offset of the sub-batch, encode_batch output)`` pairs in order."""
+    from .encode import encode_batch
+    from .formats import RecordError
+    from .load import where_of
+
+    try:
+        return [(offset, encode_batch(samples, tokenizer, template, data_cfg["max_length"], system=data_cfg["system"]))]
+    except RecordError as exc:
+        if len(samples) == 1:
+            message = exc.message.removeprefix("sample 0: ")
+            origin = tuple(samples.origins[0]) if getattr(samples, "origins", None) else (offset,)
+            problems.append(RecordProblem(where_of(samples, 0), exc.field, f"cannot encode the sample: {message}", origin))
+            return []
+    half = len(samples) // 2
+    left = samples.subset(range(half)) if hasattr(samples, "subset") else samples[:half]
+    right = samples.subset(range(half, len(samples))) if hasattr(samples, "subset") else samples[half:]
+    return _encode_located(left, offset, tokenizer, template, data_cfg, problems) + _encode_located(
+        right, offset + half, tokenizer, template, data_cfg, problems
+    )
+
+
+def encode_all(
+    samples: list[dict[str, Any]],
+    tokenizer: Any,
+    template: Any,
+    data_cfg: dict[str, Any],
+    report: DataReport,
+    problems: list[RecordProblem] | None = None,
+) -> tuple[list[list[int]], list[list[int]], dict[str, list]]:
+    """Encode in chunks; returns ids, labels and the carried extras of the kept samples.
+
+    A malformed sample raises ``RecordError``, unless ``problems`` is a list: then every
+    malformed sample is appended to it (with its ``file:line``) and left out.
+    """
     from .encode import encode_batch
 
     input_ids: list[list[int]] = []
     labels: list[list[int]] = []
     kept: list[int] = []
     for start in range(0, len(samples), ENCODE_CHUNK):
-        out = encode_batch(samples[start : start + ENCODE_CHUNK], tokenizer, template, data_cfg["max_length"], system=data_cfg["system"])
-        input_ids.extend(out["input_ids"])
-        labels.extend(out["labels"])
-        kept.extend(start + i for i in out["indices"])
-        report.truncated += out["truncated"]
-        report.dropped_empty += out["dropped"]
+        if problems is None:
+            outs = [(start, encode_batch(samples[start : start + ENCODE_CHUNK], tokenizer, template, data_cfg["max_length"], system=data_cfg["system"]))]
+        else:
+            chunk = samples.subset(range(start, min(start + ENCODE_CHUNK, len(samples)))) if hasattr(samples, "subset") else samples[start : start + ENCODE_CHUNK]
+            outs = _encode_located(chunk, start, tokenizer, template, data_cfg, problems)
+        for offset, out in outs:
+            input_ids.extend(out["input_ids"])
+            labels.extend(out["labels"])
+            kept.extend(offset + i for i in out["indices"])
+            report.truncated += out["truncated"]
+            report.dropped_empty += out["dropped"]
     keys = [k for k in CARRIED_KEYS if any(k in s for s in samples)]
     extras = {k: [samples[i].get(k) for i in kept] for k in keys}
     return input_ids, labels, extras

@@ -100,6 +100,7 @@ def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dic
         )
     elif model_cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # from_pretrained returns eval mode: no dropout, no gradient checkpointing
     if adapter_cfg["kind"] == "full":
         for p in model.parameters():
             p.requires_grad_(True)

@@ -78,8 +78,14 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     cu, longest, bounds = _boundaries(position_ids, b)
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and d <= 256:
-        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, longest, scale)
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    if q.is_cuda and not half and torch.is_autocast_enabled("cuda"):
+        # fp32 norms (k-bit preparation) make q/k/v fp32 after RoPE; autocast would run
+        # attention in half precision anyway, so the flash kernel computes the same thing.
+        dtype = torch.get_autocast_dtype("cuda")
+        q, k, v, half = q.to(dtype), k.to(dtype), v.to(dtype), True
+    if q.is_cuda and half and d <= 256:
+        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, longest, scale).to(query.dtype)
     else:
         out = _segments(q, k, v, bounds, scale)
     return out.reshape(b, length, h, d), None

@@ -182,7 +182,12 @@ def load_llava(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     torch_dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype or "", "")) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
 
-    tokenizer = builder.load_tokenizer(str(folder) if (folder / "tokenizer_config.json").is_file() else str(llm_path))
+    if (folder / "tokenizer_config.json").is_file():  # the run saved its tokenizer (with <image>) in each checkpoint
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    else:
+        tokenizer = builder.load_tokenizer(str(llm_path))
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         from tokenizers import AddedToken
 

@@ -1,0 +1,224 @@
+"""Data-pipeline throughput on CPU: load (JSONL) + format + encode + pack, in records/s.
+
+Writes N synthetic alpaca records (instruction 20-60 words, output 30-150 words, deterministic
+under --seed) to a JSONL file, trains a byte-level BPE tokenizer (~32k vocab, the
+``tokenizers`` library) on part of that text, then times ``ftcore.data.pipeline.build_data``
+(the uncached pipeline: load_records -> apply_format -> encode_all -> pack) with template
+internlm2_chat, max_length 2048 and packing on. Tokenizer training and writing the file are
+not timed. The result is printed as a table and appended to benchmarks/RESULTS.md.
+
+    python benchmarks/data_pipeline.py                  # 100k records, best of 2 runs
+    python benchmarks/data_pipeline.py --records 20000 --repeats 1 --no-record
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import random
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+TARGET = 10_000  # records/s on 2 cores
+
+
+def make_words(rng: random.Random, n: int = 30_000) -> list[str]:
+    """Pseudo-English words from syllables, so BPE has sub-word structure to learn.
+
+    Returned shortest first with ties shuffled: frequent words are short, as in English
+    (with the Zipf weights below the mean word is about 5 letters).
+    """
+    onsets = ["", "", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "w", "st", "tr", "ch", "sh", "th"]
+    vowels = ["a", "e", "i", "o", "u", "ea", "ou"]
+    codas = ["", "", "n", "r", "s", "t", "l", "nd", "st", "ng"]
+    words: set[str] = {"a", "I"}
+    while len(words) < n:
+        syllables = rng.choice((1, 1, 2, 2, 2, 3, 3, 4))
+        words.add("".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(syllables)))
+    return sorted(words, key=lambda w: (len(w), rng.random()))
+
+
+def make_records(n: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    words = make_words(rng)
+    # Zipf-like word frequencies: a few very common words, a long tail.
+    cum_weights = list(itertools.accumulate(1.0 / (rank + 3) for rank in range(len(words))))
+    punct = [".", ".", ",", ",", ",", "?", "!", ";", ":"]
+
+    def text(lo: int, hi: int) -> str:
+        count = rng.randint(lo, hi)
+        chosen = rng.choices(words, cum_weights=cum_weights, k=count)
+        out = []
+        for i, word in enumerate(chosen):
+            if i == 0 or out[-1].endswith((".", "?", "!")):
+                word = word.capitalize()
+            if rng.random() < 0.02:
+                word = str(rng.randint(0, 9999))
+            if rng.random() < 0.12:
+                word += rng.choice(punct)
+            out.append(word)
+        return " ".join(out) + "."
+
+    records = []
+    for _ in range(n):
+        record = {"instruction": text(20, 60), "input": "", "output": text(30, 150)}
+        if rng.random() < 0.2:
+            record["input"] = text(5, 30)
+        records.append(record)
+    return records
+
+
+def make_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> tuple[object, float]:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t0 = time.perf_counter()
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<|pad|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast, time.perf_counter() - t0
+
+
+def stage_times(data_cfg: dict, formats, tokenizer, template, seed: int) -> dict[str, float]:
+    """The pipeline's steps timed one by one (the same calls build_data makes)."""
+    from ftcore.data.load import apply_format, load_records
+    from ftcore.data.pack import pack
+    from ftcore.data.pipeline import DataReport, encode_all
+
+    times = {}
+    t = time.perf_counter()
+    records = load_records(data_cfg["path"])
+    times["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    samples, _ = apply_format(records, formats.get(data_cfg["format"]), on_error="raise")
+    times["format"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ids, labels, extras = encode_all(samples, tokenizer, template, data_cfg, DataReport())
+    times["encode"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pack(ids, labels, data_cfg["max_length"], packed=True, shuffle=True, seed=seed, extras=extras)
+    times["pack"] = time.perf_counter() - t
+    return times
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}), {model}, load avg {load:.2f} at start"
+
+
+def versions() -> str:
+    import numpy
+    import tokenizers
+    import transformers
+
+    import ftcore
+
+    return f"python {platform.python_version()}, ftcore {ftcore.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}, numpy {numpy.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vocab", type=int, default=32_000)
+    ap.add_argument("--tokenizer-records", type=int, default=20_000, help="records the tokenizer is trained on")
+    ap.add_argument("--max-length", type=int, default=2048)
+    ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs; the best is reported")
+    ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    args = ap.parse_args()
+
+    from ftcore.app import App
+    from ftcore.data.pipeline import build_data
+
+    start_machine = machine()
+    parts = App().parts
+    template = parts.templates.get("internlm2_chat")
+    with tempfile.TemporaryDirectory(prefix="ftcore-bench-") as tmp:
+        tmp_path = Path(tmp)
+        t = time.perf_counter()
+        records = make_records(args.records, args.seed)
+        path = tmp_path / "alpaca.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in records:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        gen_s = time.perf_counter() - t
+        corpus = [r["instruction"] + "\n" + r["input"] + "\n" + r["output"] for r in records[: args.tokenizer_records]]
+        del records
+        tokenizer, train_s = make_tokenizer(corpus, args.vocab, tmp_path / "tok")
+        print(f"data: {args.records} records, {path.stat().st_size / 1e6:.1f} MB JSONL (generated in {gen_s:.1f}s)")
+        print(f"tokenizer: byte-level BPE trained with `tokenizers` on {len(corpus)} records, vocab {len(tokenizer)} ({train_s:.1f}s, not timed)")
+        data_cfg = {
+            "path": str(path), "format": "alpaca", "template": "internlm2_chat", "system": None, "max_length": args.max_length,
+            "pack": True, "shuffle": True, "max_samples": None, "on_error": "raise", "num_proc": 1, "cache": False, "cache_dir": None,
+        }
+        stages = stage_times(data_cfg, parts.formats, tokenizer, template, args.seed)
+        runs = []
+        report = None
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            packed, report = build_data(data_cfg, parts.formats, tokenizer, template, args.seed, log=lambda m: None)
+            runs.append(time.perf_counter() - t)
+    best = min(runs)
+    rate = args.records / best
+    rows = [(name, f"{s:.2f}", f"{args.records / s:,.0f}") for name, s in stages.items()]
+    rows.append(("end to end (best of %d)" % args.repeats, f"{best:.2f}", f"{rate:,.0f}"))
+    print()
+    print(f"{'stage':<26} {'seconds':>8} {'records/s':>12}")
+    for name, s, r in rows:
+        print(f"{name:<26} {s:>8} {r:>12}")
+    print()
+    print(f"samples {report.samples}, rows {report.rows}, tokens {report.tokens:,} ({report.tokens / args.records:.0f}/record), "
+          f"trained {report.trained_tokens:,}, truncated {report.truncated}, packing efficiency {report.efficiency:.1%}")
+    verdict = "meets" if rate >= TARGET else "BELOW"
+    print(f"{rate:,.0f} records/s end to end: {verdict} the {TARGET:,} records/s target")
+    if args.no_record:
+        return
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
+    stage_text = ", ".join(f"{n} {s:.2f}s" for n, s in stages.items())
+    entry = (
+        f"\n## data_pipeline, {datetime.date.today().isoformat()}: {rate:,.0f} records/s\n\n"
+        f"- command: `{command}`\n"
+        f"- machine: {start_machine}\n"
+        f"- versions: {versions()}\n"
+        f"- workload: {args.records} alpaca records, byte-level BPE vocab {len(tokenizer)} (trained with `tokenizers`), "
+        f"internlm2_chat, max_length {args.max_length}, pack on; {report.tokens / args.records:.0f} tokens/record, efficiency {report.efficiency:.1%}\n"
+        f"- end to end {best:.2f}s (best of {args.repeats}: {', '.join(f'{r:.2f}' for r in runs)}); stages: {stage_text}\n"
+    )
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n", encoding="utf-8")
+    with open(RESULTS, "a", encoding="utf-8") as fh:
+        fh.write(entry)
+    print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
