@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import FtcoreError
 from .pack import PackedData, pack
@@ -17,6 +19,9 @@ PIPELINE_VERSION = "2"
 #: Sample keys (besides the text) carried from records into batches, e.g. an image path.
 CARRIED_KEYS = ("image",)
 ENCODE_CHUNK = 2048
+#: BPE word-cache entries while a whole dataset is encoded (the tokenizers default, 10,000, is
+#: smaller than a dataset's vocabulary of words: misses redo the merges).
+BPE_CACHE = 500_000
 
 
 @dataclass
@@ -167,6 +172,26 @@ def _encode_located(
     )
 
 
+@contextmanager
+def _large_bpe_cache(tokenizer: Any) -> Iterator[None]:
+    """Give a ``tokenizers`` BPE model a big word cache while a dataset is encoded (about a
+    quarter less tokeniser CPU on English-like text), then shrink it back to the default."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    resize = getattr(getattr(backend, "model", None), "_resize_cache", None)
+    if resize is None:
+        yield
+        return
+    try:
+        resize(BPE_CACHE)
+    except Exception:  # a tokenizers version without it: encode as is
+        yield
+        return
+    try:
+        yield
+    finally:
+        resize(10_000)
+
+
 def encode_all(
     samples: list[dict[str, Any]],
     tokenizer: Any,
@@ -185,25 +210,44 @@ def encode_all(
     input_ids: list[list[int]] = []
     labels: list[list[int]] = []
     kept: list[int] = []
-    for start in range(0, len(samples), ENCODE_CHUNK):
-        if problems is None:
-            outs = [(start, encode_batch(samples[start : start + ENCODE_CHUNK], tokenizer, template, data_cfg["max_length"], system=data_cfg["system"]))]
-        else:
-            chunk = samples.subset(range(start, min(start + ENCODE_CHUNK, len(samples)))) if hasattr(samples, "subset") else samples[start : start + ENCODE_CHUNK]
-            outs = _encode_located(chunk, start, tokenizer, template, data_cfg, problems)
-        for offset, out in outs:
-            input_ids.extend(out["input_ids"])
-            labels.extend(out["labels"])
-            kept.extend(offset + i for i in out["indices"])
-            report.truncated += out["truncated"]
-            report.dropped_empty += out["dropped"]
+    with _large_bpe_cache(tokenizer):
+        for start in range(0, len(samples), ENCODE_CHUNK):
+            if problems is None:
+                outs = [(start, encode_batch(samples[start : start + ENCODE_CHUNK], tokenizer, template, data_cfg["max_length"], system=data_cfg["system"]))]
+            else:
+                chunk = samples.subset(range(start, min(start + ENCODE_CHUNK, len(samples)))) if hasattr(samples, "subset") else samples[start : start + ENCODE_CHUNK]
+                outs = _encode_located(chunk, start, tokenizer, template, data_cfg, problems)
+            for offset, out in outs:
+                input_ids.extend(out["input_ids"])
+                labels.extend(out["labels"])
+                kept.extend(offset + i for i in out["indices"])
+                report.truncated += out["truncated"]
+                report.dropped_empty += out["dropped"]
     keys = [k for k in CARRIED_KEYS if any(k in s for s in samples)]
     extras = {k: [samples[i].get(k) for i in kept] for k in keys}
     return input_ids, labels, extras
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: building millions of lists and dicts (records,
+    samples, token lists) otherwise triggers full collections over and over (~15% of the time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template: Any, seed: int, log: Callable[[str], None] = print) -> tuple[PackedData, DataReport]:
     """Load -> format -> encode -> pack, without the cache."""
+    with _no_gc():
+        return _build_data(data_cfg, formats, tokenizer, template, seed, log)
+
+
+def _build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template: Any, seed: int, log: Callable[[str], None]) -> tuple[PackedData, DataReport]:
     from .load import apply_format, detect_format, load_records
 
     report = DataReport()

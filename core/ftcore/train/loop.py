@@ -178,6 +178,10 @@ class Trainer:
                 real = self._real_tokens()
                 metrics.update(step=ctx.step, lr=lr, epoch=round(ctx.step * self.grad_accum / self.schedule.per_epoch, 4),
                                tokens_per_s=round(real / max(elapsed, 1e-9), 1), trained_tokens=tokens, time=round(elapsed, 4))
+                if strategy_device_is_cuda(ctx):
+                    import torch
+
+                    metrics["max_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 ctx.metrics.append(metrics)
                 for hook in self.hooks:
                     hook.after_step(ctx, metrics)
@@ -234,6 +238,10 @@ class _Progress:
     def __exit__(self, *exc: Any) -> None:
         if self.bar:
             self.bar.stop()
+
+
+def strategy_device_is_cuda(ctx: RunContext) -> bool:
+    return getattr(ctx.strategy.device, "type", "cpu") == "cuda"
 
 
 def _gpu_memory() -> str:

@@ -36,6 +36,7 @@ def make_tiny_internlm2(
     rope_scaling: dict[str, Any] | None = None,
     max_position_embeddings: int = 4096,
     bias: bool = False,
+    vocab_size: int | None = None,
 ) -> Path:
     """Write a tiny random InternLM2-layout checkpoint (as the remote-code InternLM2 classes expect) to ``out_dir``.
 
@@ -64,7 +65,7 @@ def make_tiny_internlm2(
     tok = load_internlm2_tokenizer(out)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     internlm2_cfg: dict[str, Any] = {
-        "model_type": "internlm2", "vocab_size": len(tok), "hidden_size": hidden, "intermediate_size": intermediate,
+        "model_type": "internlm2", "vocab_size": max(len(tok), vocab_size or 0), "hidden_size": hidden, "intermediate_size": intermediate,
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "max_position_embeddings": max_position_embeddings, "rms_norm_eps": 1e-5, "initializer_range": init_std,
         "rope_theta": rope_theta, "rope_scaling": rope_scaling, "bias": bias, "tie_word_embeddings": False,
