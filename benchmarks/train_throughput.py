@@ -95,16 +95,13 @@ def matmul_peak_tflops() -> float:
     return 2 * 8192**3 / times[len(times) // 2] / 1e12
 
 
-def matmul_params(model) -> int:
-    import torch
-
-    n = 0
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and "lora_" not in name:
-            n += mod.in_features * mod.out_features
-        elif mod.__class__.__name__ in ("Linear4bit", "LossHead"):
-            n += mod.in_features * mod.out_features
-    return n
+def matmul_params(model_name: str) -> int:
+    """Weights that take part in matrix products per token (every projection and the LM head), from the shape."""
+    s = SHAPES[model_name]
+    h, head_dim = s["hidden_size"], s["hidden_size"] // s["num_attention_heads"]
+    attn = h * (2 * h + 2 * s["num_key_value_heads"] * head_dim)
+    mlp = 3 * h * s["intermediate_size"]
+    return s["num_hidden_layers"] * (attn + mlp) + h * s["vocab_size"]
 
 
 # ----------------------------------------------------------------------------- batches
@@ -153,7 +150,7 @@ def run_case(args: argparse.Namespace) -> dict:
         model, step = build_hf(ckpt, method, gc)
     else:
         model, step = build_ftcore(ckpt, method, gc, args)
-    n_matmul = matmul_params(model)
+    n_matmul = matmul_params(args.model)
     vocab = SHAPES[args.model]["vocab_size"]
     if args.long_context:
         return long_context(step, side, args, n_matmul)

@@ -227,6 +227,11 @@ def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, t
     for name, (_, _, caption) in SHAPES.items():
         answer = answer_with_image(tiny_llm, ckpt, tiny_clip, llava_data / "images" / "shapes" / name, PROMPT, max_new_tokens=16)
         assert answer == caption, (name, answer)
+    # the same through the CLI a user types
+    image = llava_data / "images" / "shapes" / next(iter(SHAPES))
+    cli = run_cli("chat", str(tiny_llm), "--llava", str(ckpt), "--visual-encoder", str(tiny_clip), "--image", str(image),
+                  "--prompt", PROMPT, "--temperature", "0", "--max-new-tokens", "16", check=True)
+    assert cli.stdout.strip().splitlines()[-1] == SHAPES[next(iter(SHAPES))][2]
     chat = load_llava(tiny_llm, fin, tiny_clip)  # the work dir: its latest checkpoint
     pieces = list(chat.stream(llava_data / "images" / "shapes" / "blue_square.png", PROMPT, max_new_tokens=16))
     assert "".join(pieces).strip() == "blue square" and len(pieces) > 1

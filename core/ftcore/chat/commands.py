@@ -104,10 +104,14 @@ def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, 
 @click.argument("model", type=click.Path())
 @_model_options
 @click.option("--prompt", help="answer this once and exit ('-' reads it from stdin)")
+@click.option("--llava", "llava_dir", type=click.Path(), help="a LLaVA run's checkpoint (or work dir): chat about --image with MODEL as the LLM")
+@click.option("--visual-encoder", type=click.Path(), help="the CLIP vision tower folder (with --llava)")
+@click.option("--image", type=click.Path(), help="the image to talk about (with --llava)")
 @_sampling_options
 @click.pass_obj
 def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None,
-             prompt: str | None, max_new_tokens: int, temperature: float, top_p: float, top_k: int, repetition_penalty: float, seed: int | None) -> None:
+             prompt: str | None, llava_dir: str | None, visual_encoder: str | None, image: str | None,
+             max_new_tokens: int, temperature: float, top_p: float, top_k: int, repetition_penalty: float, seed: int | None) -> None:
     """Chat with MODEL (a model folder, or an adapter checkpoint) in the terminal.
 
     Answers stream as they are generated. Type /reset to start a new conversation and
@@ -120,6 +124,9 @@ def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, sy
         if not prompt.strip():
             raise FtcoreError("--prompt - read an empty prompt from stdin")
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
+    if llava_dir:
+        _chat_llava(model, llava_dir, visual_encoder, image, prompt, template, system, builder, settings)
+        return
     chat_model = _load(app, model, adapter, template, system, bits, builder)
     if seed is not None:
         from transformers import set_seed
@@ -129,6 +136,24 @@ def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, sy
         chat_once(chat_model, prompt, settings)
     else:
         chat_loop(chat_model, settings)
+
+
+def _chat_llava(model: str, llava_dir: str, visual_encoder: str | None, image: str | None, prompt: str | None,
+                template: str | None, system: str | None, builder: str | None, settings: dict[str, Any]) -> None:
+    """Image chat through the llava plugin (it owns the model; the core only parses flags)."""
+    if not visual_encoder or not image:
+        raise FtcoreError("--llava needs --visual-encoder PATH and --image IMG")
+    try:
+        from ftcore_llava.chat import interactive, load_llava
+    except ImportError:
+        raise FtcoreError("--llava needs the llava plugin", hint="it ships with ftcore; check `ftcore plugins`") from None
+    chat = load_llava(model, llava_dir, visual_encoder, llm_builder=builder, template=template, system=system)
+    if prompt is None:
+        interactive(chat, image, **settings)
+        return
+    for piece in chat.stream(image, prompt, **settings):
+        click.echo(piece, nl=False)
+    click.echo()
 
 
 @click.command("serve")

@@ -1,4 +1,5 @@
-"""``ftcore data``: convert datasets between formats, split them, generate self-cognition data.
+"""``ftcore data``: convert datasets between formats, split them, generate self-cognition data,
+and show or check a recipe's data as the model will see it (``show``, ``check``).
 
 Only click is imported at module level; each command imports what it needs, so
 ``ftcore --help`` stays fast. Every file is written atomically (a temporary file in
@@ -263,7 +264,7 @@ def _print_report(out: Any, report: Any) -> None:
 
 @click.group("data")
 def data() -> None:
-    """Prepare datasets: convert formats, split train/test, make self-cognition data."""
+    """Prepare datasets: convert formats, split train/test, make self-cognition data; show and check a recipe's data."""
 
 
 @data.command("convert")

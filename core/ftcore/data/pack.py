@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +83,10 @@ def _flatten(input_ids: list[list[int]], labels: list[list[int]], order: np.ndar
     lengths = np.fromiter((len(input_ids[i]) for i in order), dtype=np.int64, count=len(order))
     starts = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
-    total = int(starts[-1])
+    total, picks = int(starts[-1]), order.tolist()
     # One pass over the Python ints: ~30% faster than an array per sample plus concatenate.
-    tokens = np.fromiter(chain.from_iterable(input_ids[i] for i in order.tolist()), dtype=np.int32, count=total)
-    labs = np.fromiter(chain.from_iterable(labels[i] for i in order.tolist()), dtype=np.int32, count=total)
+    tokens = np.fromiter(chain.from_iterable(input_ids[i] for i in picks), dtype=np.int32, count=total)
+    labs = np.fromiter(chain.from_iterable(labels[i] for i in picks), dtype=np.int32, count=total)
     return tokens, labs, starts
 
 

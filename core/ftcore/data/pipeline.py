@@ -177,19 +177,19 @@ def _large_bpe_cache(tokenizer: Any) -> Iterator[None]:
     """Give a ``tokenizers`` BPE model a big word cache while a dataset is encoded (about a
     quarter less tokeniser CPU on English-like text), then shrink it back to the default."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    resize = getattr(getattr(backend, "model", None), "_resize_cache", None)
-    if resize is None:
-        yield
-        return
-    try:
-        resize(BPE_CACHE)
-    except Exception:  # a tokenizers version without it: encode as is
-        yield
-        return
+    resize = getattr(getattr(backend, "model", None), "_resize_cache", None)  # tokenizers >= 0.21, BPE models
+    resized = False
+    if resize is not None:
+        try:
+            resize(BPE_CACHE)
+            resized = True
+        except Exception:  # an unexpected tokenizers version: encode with the cache as it is
+            pass
     try:
         yield
     finally:
-        resize(10_000)
+        if resized:
+            resize(10_000)  # the tokenizers default; frees the big cache
 
 
 def encode_all(
