@@ -185,3 +185,50 @@ def test_qlora_quantizes_the_base_and_trains(tmp_path, tiny_llama, self_cognitio
     assert losses[-1] < losses[0]
     cfg = json.loads((tmp_path / "wd" / "checkpoint-8" / "adapter_config.json").read_text())
     assert "lm_head" not in cfg["target_modules"] and {"q_proj", "down_proj"} <= set(cfg["target_modules"])
+
+
+def test_loss_is_token_weighted_over_the_accumulated_batch(tiny_llama) -> None:
+    """Two micro batches with 1 and many trained tokens: the step loss is sum / all tokens, not a mean of means."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftcore.data.collate import collate_rows
+    from ftcore.data.pack import pack
+    from ftcore.recipe import Recipe, validate
+    from ftcore.train.context import RunContext
+    from ftcore.train.loop import Schedule, Trainer, loss_sum
+    from ftcore.train.optim import build_optimizer, build_scheduler
+    from ftcore.train.strategy import SingleStrategy
+
+    ids = [list(range(10, 40)), list(range(50, 60))]
+    labels = [[-100] * 28 + ids[0][28:], list(ids[1])]  # 2 trained tokens vs 10
+    data = pack(ids, labels, 64, packed=False, shuffle=False)
+    recipe = Recipe({"model": {"builder": "hf", "path": "m"}, "data": {"path": "d"}, "train": {"micro_batch": 1, "grad_accum": 2, "lr": 1e-9, "device": "cpu"}}, "inline")
+    validate(recipe)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    ctx = RunContext(recipe, Path("unused"), strategy=SingleStrategy(recipe, "fp32"), data=data, model=model)
+    opt = build_optimizer(list(model.parameters()), recipe["train"])
+    sched = build_scheduler(opt, recipe["train"], 1)
+    ctx.strategy.prepare(model, opt, sched)
+    schedule = Schedule(len(data), 1, 1, 0, 0, shuffle=False)
+    collate = lambda rows: collate_rows([data.row(i) for i in rows], 0)
+    with torch.no_grad():
+        parts = [loss_sum(model, collate(schedule.rows(g))) for g in range(2)]
+    expected = sum(float(l) for l, _ in parts) / sum(n for _, n in parts)
+    mean_of_means = sum(float(l) / n for l, n in parts) / 2
+    got = Trainer(ctx, opt, sched, schedule, collate, [], lambda: None, "fp32").train_step()["loss"]
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert abs(got - mean_of_means) > 1e-3
+
+
+def test_training_runs_in_train_mode(tiny_llama) -> None:
+    from ftcore.models.hf import HFBuilder
+    from ftcore.models.loading import load_base_model, prepare_for_training
+    from ftcore.recipe import Recipe, validate
+
+    recipe = Recipe({"model": {"builder": "hf", "path": str(tiny_llama)}, "data": {"path": "d"}}, "inline")
+    validate(recipe)
+    import torch
+
+    model = prepare_for_training(load_base_model(recipe["model"], HFBuilder(), torch.device("cpu"), "fp32"), recipe["model"], recipe["adapter"])
+    assert model.training and all(m.training for m in model.modules())

@@ -46,9 +46,11 @@ def register_training_hooks(register) -> None:
 
 @hookimpl
 def register_commands(cli) -> None:
-    from .data.commands import data  # imports only click; each command imports what it needs
+    # Each module imports only click at load time; commands import what they need when run.
+    from .chat.commands import add_chat_commands
+    from .data.commands import data
+    from .train.plot import plot_cmd
 
     cli.add_command(data)
-    from .chat.commands import add_chat_commands  # merge, chat, serve; imports only click
-
+    cli.add_command(plot_cmd)
     add_chat_commands(cli)
