@@ -170,6 +170,14 @@ def run_case(args: argparse.Namespace) -> dict:
             break
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                step(next(batches)[0])
+            torch.cuda.synchronize()
+        print("  " + prof.key_averages().table(sort_by="cuda_time_total", row_limit=22).replace("\n", "\n  "), flush=True)
     tps = tokens / elapsed
     flops = (6 if method == "full" else 4) * n_matmul
     return {"case": args.case, "model": args.model, "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -339,6 +347,7 @@ def main() -> None:
     p.add_argument("--long-context", action="store_true")
     p.add_argument("--max-context", type=int, default=131072)
     p.add_argument("--json", help="append results as JSON lines to this file")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of two more steps per case")
     args = p.parse_args()
     if args.case:
         print("RESULT " + json.dumps(run_case(args)), flush=True)
