@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors print one clear message and exit 2."""
     try:
         cli = create_cli()
-        cli.main(args=argv, prog_name="ftcore", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="ftcore", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's ctx.exit(n)
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:

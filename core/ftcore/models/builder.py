@@ -21,6 +21,11 @@ class ModelBuilder(Protocol):
 
     def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None: ...
 
-    # Optional: ``prepare_batch(batch) -> batch`` turns carried per-sample extras (lists in
-    # the batch, e.g. ``image`` paths) into model inputs (e.g. ``pixel_values``) while
-    # collating; builders without extras need not define it.
+    # Optional methods, looked up with getattr by the runner (the llava plugin uses them all):
+    # - ``configure(model_cfg, parts) -> builder``: a per-run builder that knows its model.* options;
+    # - ``prepare_batch(batch) -> batch``: carried per-sample extras (e.g. ``image`` paths) into
+    #   model inputs (e.g. ``pixel_values``) while collating;
+    # - ``prepare_for_training(model, model_cfg, adapter_cfg) -> model``: replaces the core's
+    #   adapter set-up (e.g. LoRA on the LLM and on the vision tower, a trainable projector);
+    # - ``save_checkpoint(model, folder)`` / ``load_checkpoint(model, folder)``: replace the
+    #   core's PEFT/HF checkpoint layout.

@@ -69,6 +69,24 @@ def _dims(cfg: dict[str, Any]) -> tuple[int, int, int, int]:
     return hidden, heads, kv_heads, head_dim
 
 
+def _shared_fields(cfg: dict[str, Any], hidden: int, heads: int, kv_heads: int) -> dict[str, Any]:
+    """The config keys InternLM2 and Llama spell the same way."""
+    return {
+        "vocab_size": int(cfg["vocab_size"]),
+        "hidden_size": hidden,
+        "intermediate_size": int(cfg["intermediate_size"]),
+        "num_hidden_layers": int(cfg["num_hidden_layers"]),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "hidden_act": cfg.get("hidden_act", "silu"),
+        "max_position_embeddings": int(cfg.get("max_position_embeddings", 2048)),
+        "initializer_range": float(cfg.get("initializer_range", 0.02)),
+        "rms_norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
+        "use_cache": bool(cfg.get("use_cache", True)),
+        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+    }
+
+
 def internlm2_config_to_llama(cfg: dict[str, Any], rope_style: str | None = None) -> dict[str, Any]:
     """A LlamaConfig dict equivalent to an InternLM2 config.json dict.
 
@@ -95,19 +113,8 @@ def internlm2_config_to_llama(cfg: dict[str, Any], rope_style: str | None = None
     out: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": int(cfg["vocab_size"]),
-        "hidden_size": hidden,
-        "intermediate_size": int(cfg["intermediate_size"]),
-        "num_hidden_layers": int(cfg["num_hidden_layers"]),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
+        **_shared_fields(cfg, hidden, heads, kv_heads),
         "head_dim": head_dim,
-        "hidden_act": cfg.get("hidden_act", "silu"),
-        "max_position_embeddings": int(cfg.get("max_position_embeddings", 2048)),
-        "initializer_range": float(cfg.get("initializer_range", 0.02)),
-        "rms_norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
-        "use_cache": bool(cfg.get("use_cache", True)),
-        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "attention_bias": bool(cfg.get("bias", True)),  # InternLM2Config's default is True
         "attention_dropout": 0.0,
         "mlp_bias": False,
@@ -151,18 +158,7 @@ def llama_config_to_internlm2(cfg: dict[str, Any]) -> dict[str, Any]:
         "architectures": ["InternLM2ForCausalLM"],
         "auto_map": dict(INTERNLM2_AUTO_MAP),
         "model_type": "internlm2",
-        "vocab_size": int(cfg["vocab_size"]),
-        "hidden_size": hidden,
-        "intermediate_size": int(cfg["intermediate_size"]),
-        "num_hidden_layers": int(cfg["num_hidden_layers"]),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "hidden_act": cfg.get("hidden_act", "silu"),
-        "max_position_embeddings": int(cfg.get("max_position_embeddings", 2048)),
-        "initializer_range": float(cfg.get("initializer_range", 0.02)),
-        "rms_norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
-        "use_cache": bool(cfg.get("use_cache", True)),
-        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        **_shared_fields(cfg, hidden, heads, kv_heads),
         "bias": bool(cfg.get("attention_bias", False)),
         "rope_theta": theta,
         "rope_scaling": scaling,
