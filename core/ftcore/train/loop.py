@@ -23,6 +23,11 @@ class Schedule:
     Micro batch ``g`` (global, counted from the start of training) belongs to epoch
     ``g // per_epoch``; within an epoch the rows follow a seeded permutation, and each rank
     takes its own ``micro_batch`` rows of every global micro batch.
+
+    With ``lengths`` (unpacked rows, one sample each) the permutation is length-grouped:
+    cut into mega-batches of ``GROUP`` global micro batches, each sorted by ``groups``
+    (e.g. image or text) and then by length, longest first, so a micro batch holds samples
+    of one kind and similar length and padding stays small.
     """
 
     num_rows: int
@@ -31,6 +36,10 @@ class Schedule:
     rank: int
     seed: int
     shuffle: bool = True
+    lengths: np.ndarray | None = None
+    groups: np.ndarray | None = None
+
+    GROUP = 50
 
     @property
     def per_epoch(self) -> int:
@@ -39,12 +48,24 @@ class Schedule:
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
-            return np.arange(self.num_rows)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+            order = np.arange(self.num_rows)
+        else:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+        if self.lengths is None:
+            return order
+        size = self.GROUP * self.micro_batch * self.world_size
+        groups = self.groups if self.groups is not None else np.zeros(self.num_rows, dtype=np.int64)
+        chunks = []
+        for start in range(0, self.num_rows, size):
+            chunk = order[start : start + size]
+            chunks.append(chunk[np.lexsort((-self.lengths[chunk], groups[chunk]))])
+        return np.concatenate(chunks)
 
     def rows(self, g: int) -> list[int]:
         epoch, j = divmod(g, self.per_epoch)
-        order = self.epoch_order(epoch)
+        if getattr(self, "_cached_epoch", None) != epoch:  # one permutation per epoch, not per call
+            self._cached_epoch, self._cached_order = epoch, self.epoch_order(epoch)
+        order = self._cached_order
         width = self.micro_batch * self.world_size
         idx = (np.arange(j * width, (j + 1) * width) % self.num_rows)[self.rank * self.micro_batch : (self.rank + 1) * self.micro_batch]
         return order[idx].tolist()

@@ -23,6 +23,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_schedule(data: Any, data_cfg: dict[str, Any], train_cfg: dict[str, Any], strategy: Any) -> Schedule:
+    """The data order; unpacked rows are length-grouped, and images kept apart from text."""
+    import numpy as np
+
+    lengths = groups = None
+    if not data_cfg["pack"]:
+        lengths = data.row_lengths()
+        images = data.extras.get("image")
+        if images is not None:  # one sample per row, so per-sample extras are per-row
+            groups = np.array([image is not None for image in images], dtype=np.int64)
+    return Schedule(len(data), train_cfg["micro_batch"], strategy.world_size, strategy.rank, train_cfg["seed"], data_cfg["shuffle"], lengths, groups)
+
+
 def make_hooks(recipe: Any, parts: Any) -> list[Any]:
     hooks = []
     for entry in recipe["hooks"]:
@@ -112,7 +125,7 @@ class Run:
         from .optim import build_optimizer, build_scheduler
 
         params = [p for p in model.parameters() if p.requires_grad]
-        self.schedule = Schedule(len(ctx.data), train_cfg["micro_batch"], strategy.world_size, strategy.rank, train_cfg["seed"], data_cfg["shuffle"])
+        self.schedule = make_schedule(ctx.data, data_cfg, train_cfg, strategy)
         ctx.total_steps = total_steps(train_cfg, self.schedule)
         optimizer = build_optimizer(params, train_cfg)
         scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps)
