@@ -232,6 +232,35 @@ def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, t
     cli = run_cli("chat", str(tiny_llm), "--llava", str(ckpt), "--visual-encoder", str(tiny_clip), "--image", str(image),
                   "--prompt", PROMPT, "--temperature", "0", "--max-new-tokens", "16", check=True)
     assert cli.stdout.strip().splitlines()[-1] == SHAPES[next(iter(SHAPES))][2]
+    # ftcore serve --llava: OpenAI image_url parts (base64 data URLs), streamed and not
+    import base64
+
+    from test_serve import start_server
+
+    server = start_server(str(tiny_llm), "--llava", str(ckpt), "--visual-encoder", str(tiny_clip), "--max-new-tokens", "16")
+    try:
+        for name, (_, _, caption) in list(SHAPES.items())[:2]:
+            url = "data:image/png;base64," + base64.b64encode((llava_data / "images" / "shapes" / name).read_bytes()).decode()
+            message = {"role": "user", "content": [{"type": "text", "text": PROMPT}, {"type": "image_url", "image_url": {"url": url}}]}
+            for stream in (False, True):
+                body = json.dumps({"messages": [message], "temperature": 0, "stream": stream}).encode()
+                if stream:
+                    import urllib.request
+
+                    req = urllib.request.Request(server.url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+                    with urllib.request.urlopen(req, timeout=60) as resp:
+                        events = [json.loads(l[6:]) for l in resp.read().decode().splitlines() if l.startswith("data: {")]
+                    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+                else:
+                    status, reply = server.request("/v1/chat/completions", body, key=None)
+                    assert status == 200, reply
+                    text = reply["choices"][0]["message"]["content"]
+                assert text.strip() == caption, (name, stream, text)
+        status, reply = server.request("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]}).encode(), key=None)
+        assert status == 400 and "base64" in reply["error"]["message"]
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)
     chat = load_llava(tiny_llm, fin, tiny_clip)  # the work dir: its latest checkpoint
     pieces = list(chat.stream(llava_data / "images" / "shapes" / "blue_square.png", PROMPT, max_new_tokens=16))
     assert "".join(pieces).strip() == "blue square" and len(pieces) > 1

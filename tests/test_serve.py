@@ -132,6 +132,8 @@ def test_openai_client_non_streaming_and_streaming(server) -> None:
         (json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}).encode(), "max_tokens"),
         (json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}).encode(), "stream"),
         (json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stop": [1]}).encode(), "stop"),
+        # a text-only model refuses image parts (a LLaVA model takes them: tests/test_llava.py)
+        (json.dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}).encode(), "messages[0].content"),
     ],
 )
 def test_bad_requests_get_400_with_an_openai_style_error(server, body, param) -> None:

@@ -163,9 +163,11 @@ def _chat_llava(model: str, llava_dir: str, visual_encoder: str | None, image: s
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", envvar="FTCORE_API_KEY", help="require 'Authorization: Bearer KEY' on /v1 (env FTCORE_API_KEY)")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="default and upper limit of max_tokens")
+@click.option("--llava", "llava_dir", type=click.Path(), help="a LLaVA run's checkpoint (or work dir): MODEL is its LLM; requests may carry image_url parts")
+@click.option("--visual-encoder", type=click.Path(), help="the CLIP vision tower folder (with --llava)")
 @click.pass_obj
 def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None,
-              host: str, port: int, api_key: str | None, max_new_tokens: int) -> None:
+              host: str, port: int, api_key: str | None, max_new_tokens: int, llava_dir: str | None, visual_encoder: str | None) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/models) with a chat page at /.
 
     Needs the serve extra: pip install 'ftcore[serve]'.
@@ -174,12 +176,21 @@ def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, s
     from .serve import check_server_deps, open_socket, serve
 
     check_server_deps()
-    plan = plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None)
+    if llava_dir and not visual_encoder:
+        raise FtcoreError("--llava needs --visual-encoder PATH")
+    plan = None if llava_dir else plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None)
     sock = open_socket(host, port)  # before loading: a busy port fails fast
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         _warn(f"warning: listening on {host} without --api-key: anyone who can reach this address can use the model")
     _quiet()
-    chat_model = load_chat_model(app.parts, plan, warn=_warn)
+    if llava_dir:
+        try:
+            from ftcore_llava.serve import load_serve_model
+        except ImportError:
+            raise FtcoreError("--llava needs the llava plugin", hint="it ships with ftcore; check `ftcore plugins`") from None
+        chat_model = load_serve_model(model, llava_dir, visual_encoder, llm_builder=builder, template=template, system=system)
+    else:
+        chat_model = load_chat_model(app.parts, plan, warn=_warn)
     serve(chat_model, sock, api_key=api_key, max_new_tokens=max_new_tokens)
 
 

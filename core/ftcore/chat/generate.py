@@ -207,6 +207,8 @@ class ChatModel:
     name: str = "model"
     #: serialises generation: one model, one answer at a time
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: whether requests may carry images (``messages[i]["images"]``: raw image bytes)
+    accepts_images: bool = False
 
     def generation(self, messages: list[dict[str, Any]], **settings: Any) -> "Generation":
         settings.setdefault("system", self.system)
@@ -448,9 +450,14 @@ class Generation:
         repetition_penalty: float = 1.0,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        ids: list[int] | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.tokenizer, self.template = model, tokenizer, template
-        self.ids = prompt_ids(tokenizer, template, messages, system)  # raises on a malformed conversation
+        # ``ids``/``inputs``: a prompt prepared by the caller and extra generate() inputs
+        # (e.g. an image model's pixel_values); otherwise rendered from ``messages``.
+        self.ids = ids if ids is not None else prompt_ids(tokenizer, template, messages, system)  # raises on a malformed conversation
+        self.inputs = inputs or {}
         self.words = _stop_words(template, stop)
         self.settings = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         self.max_new_tokens = max_new_tokens
@@ -480,6 +487,7 @@ class Generation:
                     streamer=streamer,
                     stopping_criteria=_stopping_criteria(self.tokenizer, self.words, ids.shape[1], self.cancel),
                     **self.settings,
+                    **self.inputs,
                 )
             new = out[0, ids.shape[1] :].tolist()
             result["tokens"] = new

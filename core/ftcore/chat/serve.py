@@ -52,20 +52,41 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     return float(value)
 
 
-def _content(value: Any, i: int) -> str:
+def _image(part: dict[str, Any], where: str) -> bytes:
+    """The bytes of an ``image_url`` part holding a base64 data URL."""
+    import base64
+    import binascii
+
+    url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+    if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url:
+        raise BadRequest(f"{where}.image_url.url must be a base64 data URL (data:image/png;base64,...)", where)
+    try:
+        return base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{where}.image_url.url is not valid base64", where) from None
+
+
+def _content(value: Any, i: int, images: list[bytes] | None = None) -> str:
+    """The text of a message; ``image_url`` parts go to ``images`` (None: images refused)."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list):  # content parts: only text is understood
+    if isinstance(value, list):  # content parts
         texts = []
         for j, part in enumerate(value):
+            where = f"messages[{i}].content[{j}]"
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                if images is None:
+                    raise BadRequest(f"{where}: this model does not take images", f"messages[{i}].content")
+                images.append(_image(part, where))
+                continue
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise BadRequest(f"messages[{i}].content[{j}] must be a text part ({{\"type\": \"text\", \"text\": ...}})", f"messages[{i}].content")
+                raise BadRequest(f"{where} must be a text part ({{\"type\": \"text\", \"text\": ...}})", f"messages[{i}].content")
             texts.append(part["text"])
         return "".join(texts)
     raise BadRequest(f"messages[{i}].content must be a string, got {json.dumps(value)[:80]}", f"messages[{i}].content")
 
 
-def parse_request(body: Any, max_new_tokens: int) -> dict[str, Any]:
+def parse_request(body: Any, max_new_tokens: int, images: bool = False) -> dict[str, Any]:
     """A validated chat request: messages, sampling settings, stream flag; raises BadRequest."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -82,7 +103,10 @@ def parse_request(body: Any, max_new_tokens: int) -> dict[str, Any]:
             m = {**m, "role": "system"}
         if m.get("role") not in ROLES:
             raise BadRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {json.dumps(m.get('role'))}", f"messages[{i}].role")
-        clean.append({"role": m["role"], "content": _content(m.get("content"), i)})
+        found: list[bytes] | None = [] if images else None
+        clean.append({"role": m["role"], "content": _content(m.get("content"), i, found)})
+        if found:
+            clean[-1]["images"] = found
     n = body.get("n", 1)
     if n != 1:
         raise BadRequest("only n=1 is supported", "n")
@@ -160,7 +184,7 @@ def create_app(chat: ChatModel, *, api_key: str | None = None, max_new_tokens: i
                 body = json.loads(raw)
             except ValueError as exc:
                 raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-            data = parse_request(body, max_new_tokens)
+            data = parse_request(body, max_new_tokens, images=chat.accepts_images)
             try:
                 generation = start(data)
             except (RecordError, FtcoreError) as exc:
