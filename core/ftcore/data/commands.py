@@ -405,16 +405,14 @@ def _recipe(ctx: click.Context, recipe_ref: str, overrides: Sequence[str]) -> tu
     return load_recipe(recipe_ref, parts, overrides, check_paths=True), parts
 
 
-def _tokenizer_and_template(recipe: Any, parts: Any) -> tuple[Any, Any]:
-    """The tokenizer, through the recipe's model builder as `run` loads it, and the chat template."""
-    model_cfg, data_cfg = recipe["model"], recipe["data"]
-    builder = parts.models.get(model_cfg["builder"])
-    configure = getattr(builder, "configure", None)  # as `run` does: a builder with model.* options
-    if configure is not None:
-        builder = configure(model_cfg, parts)
-    tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
+def _tokenizer_and_template(recipe: Any, parts: Any) -> tuple[Any, Any, str]:
+    """The tokenizer (loaded as `run` loads it), the chat template and the data cache's extra key."""
+    from ..models.loading import builder_and_tokenizer, data_key
+
+    builder, tokenizer = builder_and_tokenizer(recipe["model"], parts)
+    data_cfg = recipe["data"]
     template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
-    return tokenizer, template
+    return tokenizer, template, data_key(builder)
 
 
 def _data_line(recipe: Any) -> str:
@@ -533,10 +531,10 @@ def show_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...], co
     from .pipeline import prepare_data
 
     recipe, parts = _recipe(ctx, recipe_ref, overrides)
-    tokenizer, template = _tokenizer_and_template(recipe, parts)
+    tokenizer, template, extra_key = _tokenizer_and_template(recipe, parts)
     out = _console()
     log = lambda message: out.print(message, style="dim", markup=False)  # noqa: E731
-    packed, report = prepare_data(recipe["data"], parts.formats, tokenizer, template, recipe["train"]["seed"], log=log)
+    packed, report = prepare_data(recipe["data"], parts.formats, tokenizer, template, recipe["train"]["seed"], log=log, extra_key=extra_key)
     out.print(f"data: {_data_line(recipe)}", markup=False)
     starts = packed.sample_starts
     lengths = np.diff(starts)
@@ -601,7 +599,7 @@ def check_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...]) -
     if name == "auto":
         name = detect_format(records, parts.formats)
     samples, fmt_report, problems = find_format_problems(records, parts.formats.get(name))
-    tokenizer, template = _tokenizer_and_template(recipe, parts)  # after reading: a broken file fails fast
+    tokenizer, template, _ = _tokenizer_and_template(recipe, parts)  # after reading: a broken file fails fast
     if any("messages" in s for s in samples) and template is None:
         raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")
     report = DataReport(records=len(records), format=name, dropped_by_format=fmt_report.dropped)

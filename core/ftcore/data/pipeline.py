@@ -78,7 +78,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_cfg: dict[str, Any], tokenizer: Any, template: Any, fmt: str, seed: int) -> str:
+def cache_key(data_cfg: dict[str, Any], tokenizer: Any, template: Any, fmt: str, seed: int, extra: str = "") -> str:
     """Changes whenever the data content, tokenizer, template, format or any data setting changes."""
     h = hashlib.sha256(PIPELINE_VERSION.encode())
     for path in data_paths(data_cfg):
@@ -86,7 +86,7 @@ def cache_key(data_cfg: dict[str, Any], tokenizer: Any, template: Any, fmt: str,
     h.update(tokenizer_fingerprint(tokenizer).encode())
     h.update(repr(template).encode())
     settings = {k: data_cfg[k] for k in ("max_length", "pack", "shuffle", "max_samples", "on_error", "system")}
-    h.update(json.dumps({**settings, "format": fmt, "seed": seed}, sort_keys=True, default=str).encode())
+    h.update(json.dumps({**settings, "format": fmt, "seed": seed, "extra": extra}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
 
@@ -291,6 +291,7 @@ def prepare_data(
     is_main: bool = True,
     barrier: Callable[[], None] = lambda: None,
     log: Callable[[str], None] = print,
+    extra_key: str = "",
 ) -> tuple[PackedData, DataReport]:
     """The packed training data, from the cache when nothing that shapes it changed.
 
@@ -300,7 +301,7 @@ def prepare_data(
     if not data_cfg["cache"]:
         return build_data(data_cfg, formats, tokenizer, template, seed, log)
     fmt = data_cfg["format"]
-    folder = Path(data_cfg["cache_dir"] or default_cache_dir()) / cache_key(data_cfg, tokenizer, template, fmt, seed)
+    folder = Path(data_cfg["cache_dir"] or default_cache_dir()) / cache_key(data_cfg, tokenizer, template, fmt, seed, extra_key)
     if is_main and not (folder / "report.json").is_file():
         packed, report = build_data(data_cfg, formats, tokenizer, template, seed, log)
         tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")

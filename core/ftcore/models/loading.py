@@ -9,6 +9,24 @@ from ..errors import FtcoreError
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
+def builder_and_tokenizer(model_cfg: dict[str, Any], parts: Any) -> tuple[Any, Any]:
+    """The run's model builder (configured with its ``model.*`` options when it takes them)
+    and the tokenizer it loads, with a pad token."""
+    builder = parts.models.get(model_cfg["builder"])
+    configure = getattr(builder, "configure", None)
+    if configure is not None:
+        builder = configure(model_cfg, parts)
+    tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return builder, tokenizer
+
+
+def data_key(builder: Any) -> str:
+    """What besides the recipe's data section shapes processed data (e.g. llava's image folder)."""
+    return getattr(builder, "data_key", lambda: "")()
+
+
 def resolve_precision(requested: str, device: Any) -> str:
     """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
     import torch

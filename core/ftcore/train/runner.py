@@ -87,7 +87,7 @@ class Run:
 
     def build(self) -> None:
         from ..data.pipeline import prepare_data
-        from ..models.loading import count_parameters, load_base_model, prepare_for_training, resolve_precision
+        from ..models.loading import builder_and_tokenizer, count_parameters, data_key, load_base_model, prepare_for_training, resolve_precision
         from .strategy import resolve_device
 
         recipe, parts, ctx = self.recipe, self.parts, self.ctx
@@ -104,18 +104,14 @@ class Run:
             for hook in self.hooks:
                 hook.setup(ctx)
         strategy.barrier()
-        builder = self.builder = parts.models.get(model_cfg["builder"])
-        configure = getattr(builder, "configure", None)  # a builder with model.* options gets them here
-        if configure is not None:
-            builder = self.builder = configure(model_cfg, parts)
-        tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        builder, tokenizer = builder_and_tokenizer(model_cfg, parts)
+        self.builder = builder
         ctx.tokenizer = tokenizer
         ctx.template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
         ctx.data, ctx.data_report = prepare_data(
             data_cfg, parts.formats, tokenizer, ctx.template, train_cfg["seed"],
             is_main=ctx.is_main, barrier=strategy.barrier, log=self.log,
+            extra_key=data_key(builder),
         )
         model = load_base_model(model_cfg, builder, strategy.device, self.precision)
         model = getattr(builder, "prepare_for_training", prepare_for_training)(model, model_cfg, recipe["adapter"])

@@ -94,6 +94,10 @@ class LlavaBuilder:
         use_image_folder(cfg.get("image_folder"))  # the llava format checks images against it
         return LlavaBuilder(cfg, parts.models.get(cfg["llm_builder"]))
 
+    def data_key(self) -> str:
+        """What else shapes the processed data: the image folder the records' paths resolve in."""
+        return str(Path(self._require_cfg().get("image_folder") or ".").expanduser().resolve())
+
     def _require_cfg(self) -> dict[str, Any]:
         if self.cfg is None:
             raise FtcoreError("the llava builder must be configured with a recipe's model section first (LlavaBuilder.configure)")
