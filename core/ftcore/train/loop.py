@@ -199,7 +199,7 @@ class Trainer:
                 real = self._real_tokens()
                 metrics.update(step=ctx.step, lr=lr, epoch=round(ctx.step * self.grad_accum / self.schedule.per_epoch, 4),
                                tokens_per_s=round(real / max(elapsed, 1e-9), 1), trained_tokens=tokens, time=round(elapsed, 4))
-                if strategy_device_is_cuda(ctx):
+                if ctx.strategy.device.type == "cuda":
                     import torch
 
                     metrics["max_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -259,10 +259,6 @@ class _Progress:
     def __exit__(self, *exc: Any) -> None:
         if self.bar:
             self.bar.stop()
-
-
-def strategy_device_is_cuda(ctx: RunContext) -> bool:
-    return getattr(ctx.strategy.device, "type", "cpu") == "cuda"
 
 
 def _gpu_memory() -> str:
