@@ -103,7 +103,7 @@ def test_prompt_from_stdin_and_a_template_that_disagrees_with_the_adapter(tiny_l
 
 def test_bits_4_loads_the_base_in_nf4_and_still_answers(tiny_llama, zed) -> None:
     pytest.importorskip("bitsandbytes")
-    from ftcore.chat.generate import load_chat_model
+    from ftcore.chat.loading import load_chat_model
     from ftcore.parts import collect_parts
     from ftcore.plugins import get_plugin_manager
 

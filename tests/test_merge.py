@@ -100,7 +100,7 @@ def test_merged_llama_matches_base_plus_adapter_and_chats_with_the_training_temp
     assert set(eos) == {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
 
     # chatting with the merged folder alone (its own chat_template, template hf) answers as base + adapter did
-    from ftcore.chat.generate import load_chat_model
+    from ftcore.chat.loading import load_chat_model
 
     parts = collect_parts(get_plugin_manager())
     merged_chat = load_chat_model(parts, str(out))

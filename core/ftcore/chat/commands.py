@@ -66,7 +66,7 @@ def _model_options(func: Any) -> Any:
 
 
 def _load(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None) -> Any:
-    from .generate import load_chat_model, plan_chat
+    from .loading import load_chat_model, plan_chat
 
     plan = plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None)
     _quiet()
@@ -172,7 +172,7 @@ def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, s
 
     Needs the serve extra: pip install 'ftcore[serve]'.
     """
-    from .generate import load_chat_model, plan_chat
+    from .loading import load_chat_model, plan_chat
     from .serve import check_server_deps, open_socket, serve
 
     check_server_deps()

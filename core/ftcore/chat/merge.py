@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FtcoreError
-from .generate import AdapterInfo, attach_adapter, model_config, read_adapter, stop_token_ids
-from .generate import builder_name as resolve_builder_name
+from .generate import stop_token_ids
+from .loading import AdapterInfo, attach_adapter, model_config, read_adapter
+from .loading import builder_name as resolve_builder_name
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 FORMATS = ("native", "llama")

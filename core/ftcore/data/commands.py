@@ -592,7 +592,7 @@ def check_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...]) -
     try:
         records = load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed)
     except FtcoreError as exc:  # a file that cannot be read as records stops at its first bad line
-        out.print(f"[red]✗ cannot read the data[/red] (reading stops at the first unreadable line of a file):")
+        out.print("[red]✗ cannot read the data[/red] (reading stops at the first unreadable line of a file):")
         out.print(f"  {exc}", markup=False)
         sys.exit(1)
     name = data_cfg["format"]
