@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
 from . import hookimpl
-
-
-def _data_files(package: str) -> list[Path]:
-    root = resources.files(package)
-    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml"))
+from .parts import yaml_files
 
 
 @hookimpl
 def register_prompt_templates(register) -> None:
-    for path in _data_files("ftcore.templates"):
+    for path in yaml_files("ftcore.templates"):
         register(path)
 
 
 @hookimpl
 def register_recipes(register) -> None:
-    for path in _data_files("ftcore.recipes"):
+    for path in yaml_files("ftcore.recipes"):
         register(path.stem, str(path))
 
 

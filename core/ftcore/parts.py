@@ -39,6 +39,13 @@ class Parts:
         return getattr(self, name)
 
 
+def yaml_files(package: str) -> list[Path]:
+    """The YAML data files shipped inside ``package``, sorted (for plugins registering recipes or templates)."""
+    from importlib import resources
+
+    return sorted(Path(str(p)) for p in resources.files(package).iterdir() if p.name.endswith(".yaml"))
+
+
 def _named_registrar(registry: Registry, owner: str) -> Callable[..., None]:
     def register(name: str, target: Any, description: str = "", options: dict | None = None) -> None:
         registry.add(Part(name, target, owner, description, dict(options or {})))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
 from ftcore import hookimpl
+from ftcore.parts import yaml_files
 
 
 @hookimpl
@@ -22,7 +20,5 @@ def register_training_hooks(register) -> None:
 
 @hookimpl
 def register_recipes(register) -> None:
-    root = resources.files("ftcore_internlm2.recipes")
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".yaml"):
-            register(entry.name[: -len(".yaml")], str(Path(str(entry))))
+    for path in yaml_files("ftcore_internlm2.recipes"):
+        register(path.stem, str(path))

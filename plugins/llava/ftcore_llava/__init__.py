@@ -8,10 +8,8 @@ Parts: the ``llava`` model builder, the ``llava`` dataset format and the
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
 from ftcore import hookimpl
+from ftcore.parts import yaml_files
 
 
 @hookimpl
@@ -30,7 +28,5 @@ def register_dataset_formats(register) -> None:
 
 @hookimpl
 def register_recipes(register) -> None:
-    root = resources.files("ftcore_llava.recipes")
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".yaml"):
-            register(entry.name[: -len(".yaml")], str(Path(str(entry))))
+    for path in yaml_files("ftcore_llava.recipes"):
+        register(path.stem, str(path))
