@@ -78,7 +78,6 @@ SCHEMA: dict[str, Any] = {
         "shuffle": F(bool, True, "shuffle samples (before packing)"),
         "max_samples": F(int, None, "use at most this many records"),
         "on_error": F(str, "raise", "what to do with a bad record", choices=("raise", "skip")),
-        "num_proc": F(int, 1, "processes for tokenisation"),
         "cache": F(bool, True, "cache processed data on disk"),
         "cache_dir": F(str, None, "where processed data is cached (default ~/.cache/ftcore/data)"),
     },
