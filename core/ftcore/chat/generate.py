@@ -112,35 +112,20 @@ def generate_answer(
     top_p: float = 1.0,
     top_k: int = 0,
     repetition_penalty: float = 1.0,
-    streamer: Any = None,
     stop: Sequence[str] = (),
 ) -> str:
-    """The model's answer to ``messages`` (greedy when ``temperature`` is 0), stop words removed."""
-    import torch
-
-    device = next(p for p in model.parameters()).device
-    ids = torch.tensor([prompt_ids(tokenizer, template, messages, system)], device=device)
+    """The model's whole answer to ``messages`` (greedy when ``temperature`` is 0), stop words
+    removed; a model in training mode is switched to eval mode meanwhile (evaluate_chat)."""
     was_training = model.training
     model.eval()
-    eos = _eos_ids(model, tokenizer, template)
-    words = _stop_words(template, stop)
     try:
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                eos_token_id=eos or None,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0),
-                use_cache=True,
-                streamer=streamer,
-                stopping_criteria=_stopping_criteria(tokenizer, words, ids.shape[1], None) if words else None,
-                **_sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens),
-            )
+        return Generation(
+            model, tokenizer, template, messages, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, stop=stop,
+        ).run()
     finally:
         if was_training:
             model.train()
-    text = tokenizer.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
-    return _cut_at_stop(text, words)[0].strip()
 
 
 class Generation:
