@@ -139,6 +139,7 @@ class Trainer:
         self.grad_accum = train["grad_accum"]
         self.save_every = train["save_every"]
         self.log_every = max(1, train["log_every"])
+        self.row_lengths = ctx.data.row_lengths()
 
     def _autocast(self) -> Any:
         import contextlib
@@ -156,7 +157,8 @@ class Trainer:
 
         ctx, strategy = self.ctx, self.ctx.strategy
         first = ctx.step * self.grad_accum
-        batches = [self.collate(self.schedule.rows(g)) for g in range(first, first + self.grad_accum)]
+        rows = [self.schedule.rows(g) for g in range(first, first + self.grad_accum)]
+        batches = [self.collate(r) for r in rows]
         local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         total = strategy.all_reduce_sum(float(local))
         if total == 0:
@@ -164,18 +166,19 @@ class Trainer:
         # Gradient averaging across ranks divides by world_size; scale it back so the
         # result is the token-weighted mean over the whole global batch.
         scale = strategy.world_size / total
-        loss_value = 0.0
+        loss_value = torch.zeros((), device=strategy.device)
         for i, batch in enumerate(batches):
             batch = {k: v.to(strategy.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with self._autocast():
                 lsum, _ = loss_sum(ctx.model, batch)
             strategy.backward(lsum * scale, last=i == len(batches) - 1)
-            loss_value += float(lsum.detach())
-        loss = strategy.all_reduce_sum(loss_value) / total
+            loss_value += lsum.detach().float()  # read back once per step, not per micro batch
+        loss = strategy.all_reduce_sum(float(loss_value)) / total
         if not math.isfinite(loss):
             return {"loss": loss}
         grad_norm = strategy.step()
-        return {"loss": loss, "grad_norm": grad_norm, "trained_tokens": int(total)}
+        real = strategy.all_reduce_sum(float(self.row_lengths[np.concatenate(rows)].sum()))  # non-padding tokens, all ranks
+        return {"loss": loss, "grad_norm": grad_norm, "trained_tokens": int(total), "real_tokens": int(real)}
 
     def run(self) -> str:
         """Train to the end; returns ``done``, ``stopped`` (signal) or raises on NaN."""
@@ -187,18 +190,18 @@ class Trainer:
                 lr = self.scheduler.get_last_lr()[0]
                 metrics = self.train_step()
                 if not math.isfinite(metrics["loss"]):
+                    good = self._last_good()
                     raise FtcoreError(
                         f"the loss became {metrics['loss']} at step {ctx.step + 1}; training stopped and the step was not applied",
                         hint="lower train.lr, check the data, or use train.precision=fp32/bf16; "
-                        + (f"the last good checkpoint is {self._last_good()}" if self._last_good() else "no checkpoint was written"),
+                        + (f"the last good checkpoint is {good}" if good else "no checkpoint was written"),
                     )
                 ctx.step += 1
                 now = time.perf_counter()
                 elapsed, timer = now - timer, now
-                tokens = metrics.pop("trained_tokens")
-                real = self._real_tokens()
+                real = metrics.pop("real_tokens")
                 metrics.update(step=ctx.step, lr=lr, epoch=round(ctx.step * self.grad_accum / self.schedule.per_epoch, 4),
-                               tokens_per_s=round(real / max(elapsed, 1e-9), 1), trained_tokens=tokens, time=round(elapsed, 4))
+                               tokens_per_s=round(real / max(elapsed, 1e-9), 1), time=round(elapsed, 4))
                 if ctx.strategy.device.type == "cuda":
                     import torch
 
@@ -213,13 +216,6 @@ class Trainer:
                     return "stopped"
                 timer = time.perf_counter()
         return "done"
-
-    def _real_tokens(self) -> int:
-        """Non-padding tokens processed by all ranks in the last step."""
-        first = (self.ctx.step - 1) * self.grad_accum
-        lengths = self.ctx.data.row_lengths()
-        local = sum(int(lengths[self.schedule.rows(g)].sum()) for g in range(first, first + self.grad_accum))
-        return int(self.ctx.strategy.all_reduce_sum(float(local)))
 
     def _last_good(self) -> str | None:
         from .checkpoint import latest_checkpoint
