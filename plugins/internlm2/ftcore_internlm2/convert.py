@@ -9,7 +9,7 @@ Converting both ways only slices and concatenates, so a round trip is bitwise ex
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -173,6 +173,29 @@ def llama_config_to_internlm2(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _rename(
+    sd: dict[str, torch.Tensor], top: dict[str, str], per_layer: dict[str, str], out: dict[str, torch.Tensor], unknown: list[str]
+) -> Iterator[tuple[str, str, str, torch.Tensor]]:
+    """Copy the one-to-one renames into ``out`` and collect non-layer strangers in ``unknown``;
+    yield ``(key, "model.layers.N.", rest, tensor)`` for the layer weights left (the q/k/v ones).
+    RoPE ``inv_freq`` buffers that some ``.bin`` checkpoints carry are dropped."""
+    for key, t in sd.items():
+        if key.endswith("rotary_emb.inv_freq"):
+            continue
+        if key in top:
+            out[top[key]] = t
+            continue
+        m = _LAYER_RE.match(key)
+        if not m:
+            unknown.append(key)
+            continue
+        prefix, rest = f"model.layers.{m.group(1)}.", m.group(2)
+        if rest in per_layer:
+            out[prefix + per_layer[rest]] = t
+        else:
+            yield key, prefix, rest, t
+
+
 def internlm2_to_llama_state_dict(sd: dict[str, torch.Tensor], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Rename InternLM2 weights to Llama's and split each fused ``wqkv`` into q/k/v projections.
 
@@ -183,20 +206,8 @@ def internlm2_to_llama_state_dict(sd: dict[str, torch.Tensor], cfg: dict[str, An
     groups = heads // kv_heads
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
-    for key, t in sd.items():
-        if key.endswith("rotary_emb.inv_freq"):
-            continue
-        if key in _TOP_RENAMES:
-            out[_TOP_RENAMES[key]] = t
-            continue
-        m = _LAYER_RE.match(key)
-        if not m:
-            unknown.append(key)
-            continue
-        prefix, rest = f"model.layers.{m.group(1)}.", m.group(2)
-        if rest in _LAYER_RENAMES:
-            out[prefix + _LAYER_RENAMES[rest]] = t
-        elif rest in ("attention.wqkv.weight", "attention.wqkv.bias"):
+    for key, prefix, rest, t in _rename(sd, _TOP_RENAMES, _LAYER_RENAMES, out, unknown):
+        if rest in ("attention.wqkv.weight", "attention.wqkv.bias"):
             kind = rest.rsplit(".", 1)[1]
             expect = (heads + 2 * kv_heads) * head_dim
             if t.shape[0] != expect:
@@ -225,20 +236,8 @@ def llama_to_internlm2_state_dict(sd: dict[str, torch.Tensor], cfg: dict[str, An
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
-    for key, t in sd.items():
-        if key.endswith("rotary_emb.inv_freq"):
-            continue
-        if key in top:
-            out[top[key]] = t
-            continue
-        m = _LAYER_RE.match(key)
-        if not m:
-            unknown.append(key)
-            continue
-        prefix, rest = f"model.layers.{m.group(1)}.", m.group(2)
-        if rest in per_layer:
-            out[prefix + per_layer[rest]] = t
-        elif rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj") and rest.count(".") == 2:
+    for key, prefix, rest, t in _rename(sd, top, per_layer, out, unknown):
+        if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj") and rest.count(".") == 2:
             _, proj, kind = rest.split(".")
             qkv.setdefault((prefix, kind), {})[proj[0]] = t
         else:
