@@ -115,8 +115,8 @@ def stage_times(data_cfg: dict, formats, tokenizer, template, seed: int) -> dict
     times = {}
     records, *times["load"] = _timed(lambda: load_records(data_cfg["path"]))
     (samples, _), *times["format"] = _timed(lambda: apply_format(records, formats.get(data_cfg["format"]), on_error="raise"))
-    (ids, labels, extras), *times["encode"] = _timed(lambda: encode_all(samples, tokenizer, template, data_cfg, DataReport()))
-    _, *times["pack"] = _timed(lambda: pack(ids, labels, data_cfg["max_length"], packed=True, shuffle=True, seed=seed, extras=extras))
+    (encoded, extras), *times["encode"] = _timed(lambda: encode_all(samples, tokenizer, template, data_cfg, DataReport()))
+    _, *times["pack"] = _timed(lambda: pack(encoded, data_cfg["max_length"], packed=True, shuffle=True, seed=seed, extras=extras))
     # For comparison: the Rust tokenizer alone on the records' raw text (no template, no
     # Python work), called in the pipeline's batch size with its BPE cache and GC settings.
     from ftcore.data.pipeline import ENCODE_CHUNK, _large_bpe_cache, _no_gc

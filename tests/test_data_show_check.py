@@ -147,10 +147,16 @@ def test_encode_all_collects_every_bad_sample_and_keeps_the_rest_aligned(monkeyp
     tok = AutoTokenizer.from_pretrained(str(tiny_llama))
     problems: list = []
     report = pipeline.DataReport()
-    ids, labels, extras = pipeline.encode_all(records, tok, PromptTemplate("t"), {"max_length": 64, "system": None}, report, problems=problems)
+    encoded, extras = pipeline.encode_all(records, tok, PromptTemplate("t"), {"max_length": 64, "system": None}, report, problems=problems)
+    ids, labels = encoded.as_lists()
     assert [p.where for p in problems] == ["d.jsonl:2", "d.jsonl:6", "d.jsonl:7"]
     assert extras["image"] == [0, 2, 3, 4, 7, 8]
     assert len(ids) == len(labels) == 6
     assert tok.decode(ids[4], skip_special_tokens=True) == "q7a7"
     with pytest.raises(Exception, match="starts with an assistant message"):
         pipeline.encode_all(records, tok, PromptTemplate("t"), {"max_length": 64, "system": None}, pipeline.DataReport())
+    # the usual path (tokenising in a worker thread, chunk by chunk) keeps samples and extras aligned too
+    goods = RecordList([good(k) for k in range(11)], [(0, line, 0) for line in range(1, 12)], [("d.jsonl", "jsonl")])
+    encoded, extras = pipeline.encode_all(goods, tok, PromptTemplate("t"), {"max_length": 64, "system": None}, pipeline.DataReport())
+    assert extras["image"] == list(range(11))
+    assert [tok.decode(x, skip_special_tokens=True) for x in encoded.as_lists()[0]] == [f"q{k}a{k}" for k in range(11)]

@@ -85,9 +85,9 @@ def test_every_template_renders_and_masks_a_multi_turn_conversation_with_system(
     text, ids, labels = reference(tpl, SYSTEM, TURNS, tok)
     assert "".join(seg for seg, _ in render_segments(conversation(), tpl)) == text
     out = encode_batch([{"messages": conversation()}], tok, tpl, max_length=4096)
-    assert out["input_ids"] == [ids]
-    assert out["labels"] == [labels]
-    assert (out["truncated"], out["dropped"]) == (0, 0)
+    assert out.as_lists()[0] == [ids]
+    assert out.as_lists()[1] == [labels]
+    assert (out.truncated, out.dropped) == (0, 0)
 
 
 @pytest.mark.parametrize("name", HF)
@@ -145,7 +145,7 @@ def trained_text(tok: Any, labels: list[int]) -> list[str]:
 
 def test_internlm2_trains_answers_with_im_end_only(tok: Any) -> None:
     out = encode_batch([{"messages": SHORT}], tok, TEMPLATES["internlm2_chat"], 4096)
-    ids, labels = out["input_ids"][0], out["labels"][0]
+    ids, labels = (x[0] for x in out.as_lists())
     assert ids[0] == tok.bos_token_id and labels[0] == IGNORE_INDEX and ids.count(tok.bos_token_id) == 1
     assert tok.eos_token_id not in ids  # <|im_end|> is the end of an answer (suffix_as_eos)
     assert trained_text(tok, labels) == ["Hello!<|im_end|>", "Me.<|im_end|>"]
@@ -154,7 +154,7 @@ def test_internlm2_trains_answers_with_im_end_only(tok: Any) -> None:
 
 def test_llama2_has_bos_every_turn_and_trains_eos_after_each_answer(tok: Any) -> None:
     out = encode_batch([{"messages": SHORT}], tok, TEMPLATES["llama2_chat"], 4096)
-    ids, labels = out["input_ids"][0], out["labels"][0]
+    ids, labels = (x[0] for x in out.as_lists())
     assert trained_text(tok, labels) == ["Hello!</s>", "Me.</s>"]
     assert tok.decode(ids).startswith("<s>[INST] <<SYS>>")
     assert "Hello!</s>\n<s>[INST] Who? [/INST]Me.</s>\n" in tok.decode(ids)
@@ -164,7 +164,7 @@ def test_llama2_has_bos_every_turn_and_trains_eos_after_each_answer(tok: Any) ->
 @pytest.mark.parametrize(("bos", "expected"), [("first", 1), ("every_turn", 2), ("none", 0)])
 def test_bos_policy(bos: str, expected: int, tok: Any) -> None:
     tpl = PromptTemplate(name="t", instruction="U:{input} A:", suffix_as_eos=True, bos=bos)
-    ids = encode_batch([{"messages": SHORT[1:]}], tok, tpl, 4096)["input_ids"][0]
+    ids = encode_batch([{"messages": SHORT[1:]}], tok, tpl, 4096).as_lists()[0][0]
     assert ids.count(tok.bos_token_id) == expected
     assert (ids[0] == tok.bos_token_id) == (expected > 0)
 
@@ -224,7 +224,7 @@ def test_rendering_equals_the_models_jinja_template(name: str, case: str, tok: A
 def test_chatml_token_ids_equal_the_tokenized_jinja_rendering(name: str, tok: Any) -> None:
     chat_tok = hf_tokenizer(tok, name)
     msgs = PARITY_CASES["multi-turn"]
-    ids = encode_batch([{"messages": msgs}], tok, TEMPLATES[name], 4096)["input_ids"][0]
+    ids = encode_batch([{"messages": msgs}], tok, TEMPLATES[name], 4096).as_lists()[0][0]
     theirs = chat_tok.apply_chat_template(msgs, tokenize=False)
     if not theirs.startswith(tok.bos_token):
         theirs = tok.bos_token + theirs
@@ -258,15 +258,16 @@ def test_loss_false_turn_is_masked_with_its_eos(tok: Any) -> None:
     msgs[2]["loss"] = False
     segments = render_segments(msgs, TEMPLATES["llama2_chat"])
     assert ("Hello!", False) in segments and ("Me.", True) in segments
-    labels = encode_batch([{"messages": msgs}], tok, TEMPLATES["llama2_chat"], 4096)["labels"][0]
+    labels = encode_batch([{"messages": msgs}], tok, TEMPLATES["llama2_chat"], 4096).as_lists()[1][0]
     assert trained_text(tok, labels) == ["Me.</s>"]
 
 
 def test_truncation_is_counted_and_keeps_the_start(tok: Any) -> None:
     full = encode_batch([{"messages": SHORT}], tok, TEMPLATES["internlm2_chat"], 4096)
-    cut = encode_batch([{"messages": SHORT}, {"messages": SHORT}], tok, TEMPLATES["internlm2_chat"], len(full["input_ids"][0]) - 3)
-    assert cut["truncated"] == 2 and cut["dropped"] == 0
-    assert cut["input_ids"][0] == full["input_ids"][0][:-3] and cut["labels"][0] == full["labels"][0][:-3]
+    cut = encode_batch([{"messages": SHORT}, {"messages": SHORT}], tok, TEMPLATES["internlm2_chat"], len(full.as_lists()[0][0]) - 3)
+    assert cut.truncated == 2 and cut.dropped == 0
+    (cut_ids, cut_labels), (full_ids, full_labels) = cut.as_lists(), full.as_lists()
+    assert cut_ids[0] == full_ids[0][:-3] and cut_labels[0] == full_labels[0][:-3]
 
 
 def test_samples_left_without_trained_tokens_are_dropped_and_counted(tok: Any) -> None:
@@ -275,19 +276,19 @@ def test_samples_left_without_trained_tokens_are_dropped_and_counted(tok: Any) -
     all_masked = [dict(m) for m in SHORT]
     all_masked[2]["loss"] = all_masked[4]["loss"] = False
     out = encode_batch([{"messages": SHORT}, {"messages": all_masked}, {"text": "hi"}], tok, tpl, prompt_len)
-    assert out["dropped"] == 2 and out["truncated"] == 2  # SHORT cut before its answer; all_masked never trained
-    assert out["indices"] == [2] and len(out["input_ids"]) == 1
+    assert out.dropped == 2 and out.truncated == 2  # SHORT cut before its answer; all_masked never trained
+    assert out.indices.tolist() == [2] and len(out) == 1
 
 
 def test_pretraining_text_is_fully_trained_with_bos_and_eos(tok: Any) -> None:
     text = "The quick brown fox jumps over the lazy dog."
     out = encode_batch([{"text": text}], tok, None, 4096)
-    ids, labels = out["input_ids"][0], out["labels"][0]
+    ids, labels = (x[0] for x in out.as_lists())
     assert ids == [tok.bos_token_id] + tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
     assert labels == ids
 
 
-def test_mixed_batch_keeps_order_and_tokenizes_in_one_call(tok: Any) -> None:
+def test_mixed_batch_keeps_order_and_tokenizes_each_distinct_text_once_in_one_call(tok: Any) -> None:
     calls = []
 
     class Counting:
@@ -303,10 +304,13 @@ def test_mixed_batch_keeps_order_and_tokenizes_in_one_call(tok: Any) -> None:
 
     samples = [{"messages": SHORT}, {"text": "hello"}, {"messages": conversation()}] * 5
     out = encode_batch(samples, Counting(tok), TEMPLATES["internlm2_chat"], 4096)
-    assert len(calls) == 1 and calls[0][0] > len(samples) and calls[0][1]["add_special_tokens"] is False
-    assert out["indices"] == list(range(15))
-    assert out["input_ids"][1] == [tok.bos_token_id] + tok.encode("hello", add_special_tokens=False) + [tok.eos_token_id]
-    assert out["input_ids"][0] == out["input_ids"][3] and len(out["input_ids"][2]) > len(out["input_ids"][0])
+    assert len(calls) == 1 and calls[0][1]["add_special_tokens"] is False
+    encode_batch(samples[:3], Counting(tok), TEMPLATES["internlm2_chat"], 4096)
+    assert calls[1][0] == calls[0][0] > 3  # five copies of each sample add no text to tokenise
+    assert out.indices.tolist() == list(range(15))
+    input_ids = out.as_lists()[0]
+    assert input_ids[1] == [tok.bos_token_id] + tok.encode("hello", add_special_tokens=False) + [tok.eos_token_id]
+    assert input_ids[0] == input_ids[3] and len(input_ids[2]) > len(input_ids[0])
 
 
 def test_chat_sample_without_template_is_an_error(tok: Any) -> None:
@@ -322,7 +326,7 @@ def test_hf_template_trains_assistant_turns_and_what_closes_them(tok: Any) -> No
     msgs = [dict(m) for m in SHORT]
     msgs[2]["loss"] = False
     out = encode_batch([{"messages": msgs}], chat_tok, TEMPLATES["hf"], 4096)
-    ids, labels = out["input_ids"][0], out["labels"][0]
+    ids, labels = (x[0] for x in out.as_lists())
     assert ids == tok(chat_tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
     assert ids.count(tok.bos_token_id) == 1 and labels[0] == IGNORE_INDEX
     assert trained_text(tok, labels) == ["Me.<|im_end|>\n"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ftcore.data.collate import collate_rows
-from ftcore.data.pack import IGNORE, pack
+from ftcore.data.pack import IGNORE, Encoded, pack
 
 
 def samples(n: int, seed: int = 0, max_len: int = 40):
@@ -23,7 +23,7 @@ def samples(n: int, seed: int = 0, max_len: int = 40):
 
 def test_no_token_lost_or_duplicated_and_rows_fit() -> None:
     ids, labels = samples(200)
-    packed = pack(ids, labels, 64, seed=3)
+    packed = pack(Encoded.from_lists(ids, labels), 64, seed=3)
     assert packed.num_samples == 200
     assert (packed.row_lengths() <= 64).all()
     # every sample appears exactly once, intact
@@ -34,7 +34,7 @@ def test_no_token_lost_or_duplicated_and_rows_fit() -> None:
 
 def test_positions_restart_and_boundaries_are_right() -> None:
     ids, labels = samples(50, seed=1)
-    packed = pack(ids, labels, 64, seed=0)
+    packed = pack(Encoded.from_lists(ids, labels), 64, seed=0)
     for r in range(len(packed)):
         row = packed.row(r)
         bounds = row["cu_seqlens"]
@@ -46,7 +46,7 @@ def test_positions_restart_and_boundaries_are_right() -> None:
 
 def test_labels_follow_their_tokens() -> None:
     ids, labels = samples(30, seed=2)
-    packed = pack(ids, labels, 64, seed=5)
+    packed = pack(Encoded.from_lists(ids, labels), 64, seed=5)
     by_tokens = {tuple(x): y for x, y in zip(ids, labels)}
     for a, b in zip(packed.sample_starts[:-1], packed.sample_starts[1:]):
         expected = list(by_tokens[tuple(packed.tokens[a:b].tolist())])
@@ -56,20 +56,20 @@ def test_labels_follow_their_tokens() -> None:
 
 def test_deterministic_under_a_seed_and_shuffled_by_it() -> None:
     ids, labels = samples(100)
-    a, b, c = pack(ids, labels, 64, seed=7), pack(ids, labels, 64, seed=7), pack(ids, labels, 64, seed=8)
+    a, b, c = pack(Encoded.from_lists(ids, labels), 64, seed=7), pack(Encoded.from_lists(ids, labels), 64, seed=7), pack(Encoded.from_lists(ids, labels), 64, seed=8)
     assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.row_starts, b.row_starts)
     assert not np.array_equal(a.tokens, c.tokens)
 
 
 def test_unpacked_mode_is_one_sample_per_row() -> None:
     ids, labels = samples(20)
-    packed = pack(ids, labels, 64, packed=False)
+    packed = pack(Encoded.from_lists(ids, labels), 64, packed=False)
     assert len(packed) == 20 and sorted(packed.row_lengths().tolist()) == sorted(len(x) for x in ids)
 
 
 def test_collate_pads_with_ignored_labels_and_restarting_positions() -> None:
     ids, labels = samples(10)
-    packed = pack(ids, labels, 64)
+    packed = pack(Encoded.from_lists(ids, labels), 64)
     batch = collate_rows([packed.row(0), packed.row(1)], pad_id=0)
     width = batch["input_ids"].shape[1]
     assert width % 8 == 0 and width >= max(packed.row_lengths()[:2])
@@ -98,7 +98,7 @@ def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, attn
         model.get_output_embeddings().chunk = 16  # several chunks even for this small batch
         assert isinstance(model.get_output_embeddings(), LossHead)
     ids, labels = samples(6, seed=4, max_len=30)
-    packed = pack(ids, labels, 128, shuffle=False)
+    packed = pack(Encoded.from_lists(ids, labels), 128, shuffle=False)
     assert len(packed) == 1 and packed.num_samples == 6
 
     model.zero_grad()

@@ -193,7 +193,7 @@ def test_loss_is_token_weighted_over_the_accumulated_batch(tiny_llama) -> None:
     from transformers import AutoModelForCausalLM
 
     from ftcore.data.collate import collate_rows
-    from ftcore.data.pack import pack
+    from ftcore.data.pack import Encoded, pack
     from ftcore.recipe import Recipe, validate
     from ftcore.train.context import RunContext
     from ftcore.train.loop import Schedule, Trainer, loss_sum
@@ -202,7 +202,7 @@ def test_loss_is_token_weighted_over_the_accumulated_batch(tiny_llama) -> None:
 
     ids = [list(range(10, 40)), list(range(50, 60))]
     labels = [[-100] * 28 + ids[0][28:], list(ids[1])]  # 2 trained tokens vs 10
-    data = pack(ids, labels, 64, packed=False, shuffle=False)
+    data = pack(Encoded.from_lists(ids, labels), 64, packed=False, shuffle=False)
     recipe = Recipe({"model": {"builder": "hf", "path": "m"}, "data": {"path": "d"}, "train": {"micro_batch": 1, "grad_accum": 2, "lr": 1e-9, "device": "cpu"}}, "inline")
     validate(recipe)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))

@@ -604,11 +604,11 @@ def check_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...]) -
         raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")
     report = DataReport(records=len(records), format=name, dropped_by_format=fmt_report.dropped)
     encode_problems: list[RecordProblem] = []
-    ids, labels, extras = encode_all(samples, tokenizer, template, data_cfg, report, problems=encode_problems) if samples else ([], [], {})
+    encoded, extras = encode_all(samples, tokenizer, template, data_cfg, report, problems=encode_problems)
     problems = sorted(problems + encode_problems, key=lambda p: p.origin)  # in file order
     report.skipped = len(problems)
-    if ids:
-        fill_counts(report, pack(ids, labels, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras))
+    if len(encoded):
+        fill_counts(report, pack(encoded, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras))
     detected = " (detected)" if data_cfg["format"] == "auto" else ""
     out.print(f"records {report.records}, format {name}{detected}")
     if report.dropped_by_format:
@@ -616,7 +616,7 @@ def check_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...]) -
         out.print(f"  dropped by the format on purpose (e.g. <nooutput>): {report.dropped_by_format} ({', '.join(fmt_report.dropped_at)}{more})", markup=False)
     out.print(f"samples {report.samples}, tokens {report.tokens} ({report.trained_tokens} trained)", markup=False)
     out.print(f"  truncated to max_length {data_cfg['max_length']}: {report.truncated}; dropped with no trained token: {report.dropped_empty}", markup=False)
-    if ids:
+    if len(encoded):
         out.print(f"  {report.rows} row(s), packing efficiency {report.efficiency:.1%}", markup=False)
     if problems:
         out.print(f"[red]✗ {len(problems)} record(s) with problems:[/red]")

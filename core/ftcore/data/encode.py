@@ -15,36 +15,22 @@ assembles ids and labels with numpy; nothing here loops over tokens in Python.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Sequence, TypedDict
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import FtcoreError
 from .formats import Message, RecordError
+from .pack import IGNORE as IGNORE_INDEX, Encoded
 from .template import PromptTemplate
-
-#: The label of a token that is not trained (PyTorch's cross-entropy ignore_index).
-IGNORE_INDEX = -100
 
 ROLES = ("system", "user", "assistant")
 
 #: A piece of an encoded sample: a text to tokenise (``str``) or one token id (``int``),
 #: and whether it is trained.
 _Piece = tuple[str | int, bool]
-
-
-class EncodedBatch(TypedDict):
-    """What :func:`encode_batch` returns."""
-
-    input_ids: list[list[int]]
-    labels: list[list[int]]
-    #: for each kept sample, its index in the input list
-    indices: list[int]
-    #: samples cut to ``max_length``
-    truncated: int
-    #: samples left out because no trained token remained (after truncation)
-    dropped: int
 
 
 # --------------------------------------------------------------------------- checks
@@ -286,17 +272,134 @@ def _rust_backend(tokenizer: Any) -> Any:
     return backend
 
 
-def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids of every text, no special tokens added, in one batched call.
 
     A fast tokenizer's Rust backend is called directly when that gives the same ids: going
     through ``tokenizer(...)`` converts every encoding to a Python dict first, which for
-    short chat pieces costs about as much CPU as tokenising them.
+    short chat pieces costs about as much CPU as tokenising them. The Rust call releases
+    the GIL, so another thread can prepare the next batch meanwhile.
     """
+    if not texts:
+        return []
     backend = _rust_backend(tokenizer)
     if backend is not None:
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+@dataclass
+class BatchPlan:
+    """A batch cut into pieces before tokenising: what :func:`plan_batch` returns.
+
+    Each piece is a text (an index into ``texts``, which holds every distinct text once)
+    or a single token id, with whether it is trained and which sample it belongs to.
+    """
+
+    num_samples: int
+    texts: list[str]
+    text_of: np.ndarray  # per piece: index into texts, or -1 for a token id
+    token: np.ndarray  # per piece: the token id (when text_of is -1)
+    trained: np.ndarray
+    owner: np.ndarray
+
+
+@dataclass
+class EncodedBatch(Encoded):
+    """What :func:`encode_batch` returns: the kept samples, and what happened to the others."""
+
+    #: for each kept sample, its index in the input list
+    indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: samples cut to ``max_length``
+    truncated: int = 0
+    #: samples left out because no trained token remained (after truncation)
+    dropped: int = 0
+
+
+def _sample_pieces(
+    sample: dict[str, Any], tokenizer: Any, template: PromptTemplate | None, system: str | None, bos_id: int | None, eos_id: int | None
+) -> list[_Piece]:
+    if "messages" in sample:
+        if template is None:
+            raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`")
+        if _is_hf(template):
+            return _hf_pieces(sample["messages"], tokenizer, system)
+        bos = bos_id if template.bos != "none" else None
+        return _template_pieces(sample["messages"], template, system, need_answer=True, bos_id=bos, eos_id=eos_id)
+    if "text" in sample:
+        if not isinstance(sample["text"], str):
+            raise RecordError(f"field 'text' must be a string, got {type(sample['text']).__name__}", "text")
+        pieces: list[_Piece] = [(bos_id, True)] if bos_id is not None else []
+        pieces.append((sample["text"], True))
+        if eos_id is not None:
+            pieces.append((eos_id, True))
+        return pieces
+    raise RecordError("a sample needs 'messages' (chat) or 'text' (pre-training)", "messages")
+
+
+def plan_batch(samples: Sequence[dict[str, Any]], tokenizer: Any, template: PromptTemplate | None, system: str | None = None) -> BatchPlan:
+    """Render every sample into pieces; raise :class:`RecordError` (naming the sample) for a malformed one."""
+    texts: dict[str, int] = {}  # each distinct text once (separators, system prompts repeat)
+    text_of: list[int] = []
+    token: list[int] = []
+    trained: list[bool] = []
+    owner: list[int] = []
+    bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id  # slow attribute lookups: once per batch
+    for i, sample in enumerate(samples):
+        try:
+            pieces = _sample_pieces(sample, tokenizer, template, system, bos_id, eos_id)
+        except RecordError as exc:
+            raise RecordError(f"sample {i}: {exc.message}", exc.field) from None
+        for piece, is_trained in pieces:
+            if isinstance(piece, str):
+                if not piece:
+                    continue
+                text_of.append(texts.setdefault(piece, len(texts)))
+                token.append(0)
+            else:
+                text_of.append(-1)
+                token.append(int(piece))
+            trained.append(bool(is_trained))
+            owner.append(i)
+    return BatchPlan(
+        len(samples), list(texts), np.asarray(text_of, np.int64), np.asarray(token, np.int64), np.asarray(trained, bool), np.asarray(owner, np.int64)
+    )
+
+
+def assemble(plan: BatchPlan, encoded: list[list[int]], max_length: int) -> EncodedBatch:
+    """Lay the pieces' tokens out per sample, mask the untrained ones, cut to ``max_length``
+    and leave out samples with no trained token; numpy throughout (no loop over tokens)."""
+    text_len = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    text_start = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(text_len, out=text_start[1:])
+    is_text = plan.text_of >= 0
+    literal = plan.token[~is_text]
+    source = np.concatenate([np.fromiter(chain.from_iterable(encoded), dtype=np.int64, count=int(text_start[-1])), literal])
+    piece_len = np.ones(len(plan.text_of), dtype=np.int64)
+    piece_len[is_text] = text_len[plan.text_of[is_text]]
+    piece_src = np.empty(len(plan.text_of), dtype=np.int64)
+    piece_src[is_text] = text_start[plan.text_of[is_text]]
+    piece_src[~is_text] = text_start[-1] + np.arange(len(literal))
+    piece_out = np.cumsum(piece_len) - piece_len
+    total = int(piece_len.sum())
+    ids = source[np.repeat(piece_src - piece_out, piece_len) + np.arange(total)]
+    token_trained = np.repeat(plan.trained, piece_len)
+    sample_len = np.bincount(plan.owner, weights=piece_len, minlength=plan.num_samples).astype(np.int64)
+    sample_start = np.cumsum(sample_len) - sample_len
+    kept_len = np.minimum(sample_len, max_length)
+    token_owner = np.repeat(np.arange(plan.num_samples), sample_len)
+    in_length = np.arange(total) - sample_start[token_owner] < max_length
+    trained_count = np.bincount(token_owner[in_length & token_trained], minlength=plan.num_samples)
+    keep_sample = trained_count > 0
+    keep = in_length & keep_sample[token_owner]
+    return EncodedBatch(
+        tokens=ids[keep].astype(np.int32),
+        labels=np.where(token_trained, ids, IGNORE_INDEX)[keep].astype(np.int32),
+        lengths=kept_len[keep_sample],
+        indices=np.flatnonzero(keep_sample),
+        truncated=int((sample_len > max_length).sum()),
+        dropped=int((~keep_sample).sum()),
+    )
 
 
 def encode_batch(
@@ -314,83 +417,12 @@ def encode_batch(
     with it). ``template.bos``: ``first`` puts ``tokenizer.bos_token_id`` at the start,
     ``every_turn`` before every turn, ``none`` nowhere (nor when the tokenizer has no
     BOS). Text samples (``text``) are pre-training data: BOS (if the tokenizer has one) +
-    text + EOS (if it has one), every token trained, no template. Every text piece of the
-    batch is tokenised in one tokenizer call. Samples longer than ``max_length`` are cut
-    (counted in ``truncated``); samples left with no trained token are left out (counted in
-    ``dropped``); ``indices`` maps kept samples back to ``samples``.
+    text + EOS (if it has one), every token trained, no template. Every distinct text piece
+    of the batch is tokenised once, in one tokenizer call. Samples longer than ``max_length``
+    are cut (counted in ``truncated``); samples left with no trained token are left out
+    (counted in ``dropped``); ``indices`` maps kept samples back to ``samples``.
     """
     if max_length < 1:
         raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
-    bos_id = tokenizer.bos_token_id
-    eos_id = tokenizer.eos_token_id
-    hf = _is_hf(template)
-    texts: list[str] = []
-    kinds: list[int] = []  # per piece: index into texts, or -1 for a token id
-    tokens: list[int] = []  # per piece: the token id, or 0
-    trained: list[bool] = []
-    owner: list[int] = []  # per piece: the sample it belongs to
-    for i, sample in enumerate(samples):
-        try:
-            if "messages" in sample:
-                if template is None:
-                    raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`")
-                if hf:
-                    pieces = _hf_pieces(sample["messages"], tokenizer, system)
-                else:
-                    pieces = _template_pieces(
-                        sample["messages"],
-                        template,
-                        system,
-                        need_answer=True,
-                        bos_id=bos_id if template.bos != "none" else None,
-                        eos_id=eos_id,
-                    )
-            elif "text" in sample:
-                if not isinstance(sample["text"], str):
-                    raise RecordError(f"field 'text' must be a string, got {type(sample['text']).__name__}", "text")
-                pieces = [(bos_id, True)] if bos_id is not None else []
-                pieces.append((sample["text"], True))
-                if eos_id is not None:
-                    pieces.append((eos_id, True))
-            else:
-                raise RecordError("a sample needs 'messages' (chat) or 'text' (pre-training)", "messages")
-        except RecordError as exc:
-            raise RecordError(f"sample {i}: {exc.message}", exc.field) from None
-        for piece, is_trained in pieces:
-            if isinstance(piece, str):
-                if not piece:
-                    continue
-                kinds.append(len(texts))
-                tokens.append(0)
-                texts.append(piece)
-            else:
-                kinds.append(-1)
-                tokens.append(int(piece))
-            trained.append(bool(is_trained))
-            owner.append(i)
-
-    encoded: list[list[int]] = []
-    if texts:  # one call for the whole batch; masks are not needed
-        encoded = _tokenize(tokenizer, texts)
-    chunks = [encoded[k] if k >= 0 else (tok,) for k, tok in zip(kinds, tokens)]
-    lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
-    total = int(lengths.sum())
-    ids = np.fromiter(chain.from_iterable(chunks), dtype=np.int64, count=total)
-    token_trained = np.repeat(np.asarray(trained, dtype=bool), lengths)
-    labels = np.where(token_trained, ids, IGNORE_INDEX)
-    sample_lengths = np.bincount(np.asarray(owner, dtype=np.int64), weights=lengths, minlength=len(samples)).astype(np.int64)
-    starts = np.concatenate(([0], np.cumsum(sample_lengths)[:-1])) if len(samples) else np.zeros(0, dtype=np.int64)
-
-    out: EncodedBatch = {"input_ids": [], "labels": [], "indices": [], "truncated": 0, "dropped": 0}
-    for i, (start, length) in enumerate(zip(starts.tolist(), sample_lengths.tolist())):
-        if length > max_length:
-            out["truncated"] += 1
-            length = max_length
-        sample_labels = labels[start : start + length]
-        if not token_trained[start : start + length].any():
-            out["dropped"] += 1
-            continue
-        out["input_ids"].append(ids[start : start + length].tolist())
-        out["labels"].append(sample_labels.tolist())
-        out["indices"].append(i)
-    return out
+    plan = plan_batch(samples, tokenizer, template, system)
+    return assemble(plan, tokenize(tokenizer, plan.texts), max_length)

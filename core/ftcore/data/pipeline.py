@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from ..errors import FtcoreError
-from .pack import PackedData, pack
+from .encode import EncodedBatch
+from .pack import Encoded, PackedData, pack
 
 PIPELINE_VERSION = "2"
 #: Sample keys (besides the text) carried from records into batches, e.g. an image path.
@@ -146,18 +149,18 @@ def find_format_problems(records: Any, fmt: Any) -> tuple[Any, Any, list[RecordP
     return samples, report, problems
 
 
-def _encode_located(
-    samples: Any, offset: int, tokenizer: Any, template: Any, data_cfg: dict[str, Any], problems: list[RecordProblem]
-) -> list[tuple[int, dict[str, Any]]]:
+def _encode_located(samples: Any, offset: int, tokenizer: Any, template: Any, data_cfg: dict[str, Any], problems: list[RecordProblem]) -> list[EncodedBatch]:
     """Encode ``samples``; a batch with a malformed sample is split in halves until each bad one is
-    found (cheap: ``encode_batch`` checks every sample before it tokenises). Returns
-    ``(offset of the sub-batch, encode_batch output)`` pairs in order."""
+    found (cheap: ``encode_batch`` checks every sample before it tokenises). Returns the
+    sub-batches' outputs in order, with ``indices`` counted from ``offset``."""
     from .encode import encode_batch
     from .formats import RecordError
     from .load import where_of
 
     try:
-        return [(offset, encode_batch(samples, tokenizer, template, data_cfg["max_length"], system=data_cfg["system"]))]
+        out = encode_batch(samples, tokenizer, template, data_cfg["max_length"], system=data_cfg["system"])
+        out.indices = out.indices + offset
+        return [out]
     except RecordError as exc:
         if len(samples) == 1:
             message = exc.message.removeprefix("sample 0: ")
@@ -192,40 +195,59 @@ def _large_bpe_cache(tokenizer: Any) -> Iterator[None]:
             resize(10_000)  # the tokenizers default; frees the big cache
 
 
+def _encode_overlapped(samples: Any, tokenizer: Any, template: Any, data_cfg: dict[str, Any]) -> list[EncodedBatch]:
+    """Encode chunk by chunk, tokenising one chunk in a worker thread (the Rust tokenizer
+    releases the GIL) while this thread renders the next chunk and assembles the previous one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .encode import assemble, plan_batch, tokenize
+
+    max_length = data_cfg["max_length"]
+    if max_length < 1:
+        raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
+    outs: list[EncodedBatch] = []
+    pending = None
+    with ThreadPoolExecutor(1, thread_name_prefix="ftcore-tokenize") as pool:
+        for start in range(0, len(samples), ENCODE_CHUNK):
+            plan = plan_batch(samples[start : start + ENCODE_CHUNK], tokenizer, template, data_cfg["system"])
+            future = pool.submit(tokenize, tokenizer, plan.texts)
+            if pending is not None:
+                outs.append(assemble(pending[1], pending[2].result(), max_length))
+                outs[-1].indices += pending[0]
+            pending = (start, plan, future)
+        if pending is not None:
+            outs.append(assemble(pending[1], pending[2].result(), max_length))
+            outs[-1].indices += pending[0]
+    return outs
+
+
 def encode_all(
-    samples: list[dict[str, Any]],
+    samples: Any,
     tokenizer: Any,
     template: Any,
     data_cfg: dict[str, Any],
     report: DataReport,
     problems: list[RecordProblem] | None = None,
-) -> tuple[list[list[int]], list[list[int]], dict[str, list]]:
-    """Encode in chunks; returns ids, labels and the carried extras of the kept samples.
+) -> tuple[Encoded, dict[str, list]]:
+    """Encode in chunks; returns the kept samples and their carried extras.
 
     A malformed sample raises ``RecordError``, unless ``problems`` is a list: then every
     malformed sample is appended to it (with its ``file:line``) and left out.
     """
-    from .encode import encode_batch
-
-    input_ids: list[list[int]] = []
-    labels: list[list[int]] = []
-    kept: list[int] = []
     with _large_bpe_cache(tokenizer):
-        for start in range(0, len(samples), ENCODE_CHUNK):
-            if problems is None:
-                outs = [(start, encode_batch(samples[start : start + ENCODE_CHUNK], tokenizer, template, data_cfg["max_length"], system=data_cfg["system"]))]
-            else:
+        if problems is None:
+            outs = _encode_overlapped(samples, tokenizer, template, data_cfg)
+        else:
+            outs = []
+            for start in range(0, len(samples), ENCODE_CHUNK):
                 chunk = samples.subset(range(start, min(start + ENCODE_CHUNK, len(samples)))) if hasattr(samples, "subset") else samples[start : start + ENCODE_CHUNK]
-                outs = _encode_located(chunk, start, tokenizer, template, data_cfg, problems)
-            for offset, out in outs:
-                input_ids.extend(out["input_ids"])
-                labels.extend(out["labels"])
-                kept.extend(offset + i for i in out["indices"])
-                report.truncated += out["truncated"]
-                report.dropped_empty += out["dropped"]
+                outs += _encode_located(chunk, start, tokenizer, template, data_cfg, problems)
+    report.truncated += sum(o.truncated for o in outs)
+    report.dropped_empty += sum(o.dropped for o in outs)
+    kept = np.concatenate([o.indices for o in outs]).tolist() if outs else []
     keys = [k for k in CARRIED_KEYS if any(k in s for s in samples)]
     extras = {k: [samples[i].get(k) for i in kept] for k in keys}
-    return input_ids, labels, extras
+    return Encoded.concat(outs), extras
 
 
 @contextmanager
@@ -267,10 +289,10 @@ def _build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template
     needs_template = any("messages" in s for s in samples)
     if needs_template and template is None:
         raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")
-    input_ids, labels, extras = encode_all(samples, tokenizer, template, data_cfg, report)
-    if not input_ids:
+    encoded, extras = encode_all(samples, tokenizer, template, data_cfg, report)
+    if not len(encoded):
         raise FtcoreError("every sample was dropped while encoding (no trained tokens left)", where="data", hint="raise data.max_length or check the template")
-    packed = pack(input_ids, labels, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras)
+    packed = pack(encoded, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras)
     fill_counts(report, packed)
     return packed, report
 
