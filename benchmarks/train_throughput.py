@@ -7,6 +7,12 @@ Llama layout ftcore converts InternLM2 to); sample lengths are lognormal (median
 
     python benchmarks/train_throughput.py --cases hf_qlora_naive,ftcore_lora,ftcore_qlora --model 1.8b
     python benchmarks/train_throughput.py --long-context --cases ftcore_lora,hf_lora_naive --model 1.8b
+    python benchmarks/train_throughput.py --cases ftcore_lora,ftcore_lora+compile,ftcore_lora+rows+mb8
+
+A case is a name from CASES plus optional ``+`` modifiers: ``compile`` (model.compile: each decoder
+layer torch.compile'd), ``liger`` (Liger-kernel RMSNorm/RoPE/SwiGLU patched in, if installed),
+``rows`` (padded rows instead of one flat row per micro batch), ``nodrop`` (LoRA dropout 0),
+``mbN`` (micro batch N).
 
 MFU counts 4 * N_matmul FLOPs per token for adapter training (forward 2N, backward through
 activations 2N) and 6 * N_matmul for full fine-tunes; attention FLOPs are left out.
@@ -140,14 +146,19 @@ def hf_batches(samples, mode: str, micro_batch: int, width: int):
 def run_case(args: argparse.Namespace) -> dict:
     import torch
 
-    side, method, batching, gc = CASES[args.case]
+    base, *mods = args.case.split("+")
+    side, method, batching, gc = CASES[base]
     gc = gc if args.gc is None else args.gc == "on"
+    args.mods = set(mods)
+    for m in mods:
+        if m.startswith("mb"):
+            args.micro_batch = int(m[2:])
     if batching == "padded":
         args.micro_batch = 8  # the padded baseline: batches of 8 samples
     ckpt = Path(args.checkpoint)
     torch.manual_seed(0)
     if side == "hf":
-        model, step = build_hf(ckpt, method, gc)
+        model, step = build_hf(ckpt, method, gc, args)
     else:
         model, step = build_ftcore(ckpt, method, gc, args)
     n_matmul = matmul_params(args.model)
@@ -188,27 +199,32 @@ def make_batches(side: str, batching: str, samples, args):
     if side == "hf":
         return hf_batches(samples, batching, args.micro_batch, args.max_length)
     from ftcore.data.collate import collate_rows
-    from ftcore.data.pack import pack
+    from ftcore.data.pack import Encoded, pack
 
     labels = [[-100] + s[1:] for s in samples]
     if batching == "naive":  # ftcore's own step on naively cut rows (for the isolation-cost number)
         rows = naive_rows(samples, args.max_length)
-        packed = pack(rows, [list(r) for r in rows], args.max_length, shuffle=False)
+        packed = pack(Encoded.from_lists(rows, [list(r) for r in rows]), args.max_length, shuffle=False)
     else:
-        packed = pack(samples, labels, args.max_length, seed=0)
+        packed = pack(Encoded.from_lists(samples, labels), args.max_length, seed=0)
+    flat = "rows" not in args.mods and args.attn in ("auto", "ftcore_varlen")  # as `ftcore run` collates
 
     def gen():
         for i in range(0, len(packed) - args.micro_batch + 1, args.micro_batch):
             rows = [packed.row(j) for j in range(i, i + args.micro_batch)]
-            batch = collate_rows(rows, pad_id=0)
-            if batching == "naive":
-                batch["position_ids"] = __import__("torch").arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]).contiguous()
-            yield batch, sum(len(r["input_ids"]) for r in rows)
+            if batching == "naive":  # every row one sample
+                for r in rows:
+                    r["position_ids"] = __import__("numpy").arange(len(r["input_ids"]))
+            yield collate_rows(rows, pad_id=0, flat=flat), sum(len(r["input_ids"]) for r in rows)
 
     return gen()
 
 
-def build_hf(ckpt: Path, method: str, gc: bool):
+def lora_dropout(args: argparse.Namespace) -> float:
+    return 0.0 if "nodrop" in args.mods else LORA["dropout"]
+
+
+def build_hf(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -223,7 +239,7 @@ def build_hf(ckpt: Path, method: str, gc: bool):
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=lora_dropout(args), target_modules="all-linear", task_type="CAUSAL_LM"))
     model.train()  # as transformers' Trainer does: dropout and gradient checkpointing are train-mode only
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
@@ -248,20 +264,25 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     from ftcore.train.optim import build_optimizer
 
     recipe = Recipe({
-        "model": {"builder": "hf", "path": str(ckpt), "gradient_checkpointing": gc, "attn_implementation": args.attn, "chunked_loss": args.chunked_loss == "on"},
-        "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]},
+        "model": {"builder": "hf", "path": str(ckpt), "gradient_checkpointing": gc, "attn_implementation": args.attn,
+                  "chunked_loss": args.chunked_loss == "on", "compile": "compile" in args.mods},
+        "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": lora_dropout(args)},
         "data": {"path": "unused"},
         "train": {"optimizer": args.optimizer, "lr": 1e-4},
     }, "benchmark")
     validate(recipe)
     device = torch.device("cuda", 0)
     model = load_base_model(recipe["model"], HFBuilder(), device, "bf16")
+    if "liger" in args.mods:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
     model = prepare_for_training(model, recipe["model"], recipe["adapter"])
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe["train"])
 
     def step(batch):
         n = int((batch["labels"][:, 1:] != IGNORE).sum())  # on the CPU copy: no device sync
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16):
             lsum, _ = loss_sum(model, batch)
         (lsum / n).backward()
@@ -305,26 +326,29 @@ def check_varlen() -> float:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ftcore.data.collate import collate_rows
-    from ftcore.data.pack import pack
+    from ftcore.data.pack import Encoded, pack
     from ftcore.models.varlen import register
     from ftcore.train.loop import loss_sum
 
     register()
     cfg = LlamaConfig(hidden_size=512, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1024, vocab_size=1000)
     samples = synthetic_samples(40, 1000, seed=3)
-    packed = pack([s[:500] for s in samples], [[-100] + s[1:500] for s in samples], 2048, seed=0)
-    batch = {k: v.cuda() for k, v in collate_rows([packed.row(0), packed.row(1)], 0).items() if isinstance(v, torch.Tensor)}
+    packed = pack(Encoded.from_lists([s[:500] for s in samples], [[-100] + s[1:500] for s in samples]), 2048, seed=0)
+    rows = [packed.row(0), packed.row(1)]
+    batch = {k: v.cuda() for k, v in collate_rows(rows, 0).items() if isinstance(v, torch.Tensor)}
+    flat = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in collate_rows(rows, 0, flat=True).items()}
     grads, losses = [], []
-    for impl in ("sdpa", "ftcore_varlen"):
+    for impl, inputs in (("sdpa", batch), ("ftcore_varlen", batch), ("ftcore_varlen", flat)):  # GQA: 8 query heads, 2 K/V heads
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16)
         model.config._attn_implementation = impl
-        loss, _ = loss_sum(model, batch)
+        loss, _ = loss_sum(model, inputs)
         loss.backward()
         losses.append(float(loss))
         grads.append(torch.cat([p.grad.float().flatten() for p in model.parameters()]))
-    rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
-    print(f"varlen check: loss sdpa-mask {losses[0]:.4f} varlen {losses[1]:.4f}; gradient relative difference {rel:.2e}", flush=True)
+    rel = max(float((g - grads[0]).norm() / grads[0].norm()) for g in grads[1:])
+    print(f"varlen check: loss sdpa-mask {losses[0]:.4f} varlen rows {losses[1]:.4f} varlen flat {losses[2]:.4f}; "
+          f"largest gradient relative difference {rel:.2e}", flush=True)
     return rel
 
 

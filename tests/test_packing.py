@@ -79,9 +79,13 @@ def test_collate_pads_with_ignored_labels_and_restarting_positions() -> None:
         assert batch["position_ids"][i, k:].tolist() == list(range(width - k))
 
 
-@pytest.mark.parametrize("attn,chunked_loss", [("sdpa", False), ("sdpa", True), ("ftcore_varlen", True)])
-def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, attn, chunked_loss) -> None:
-    """Whatever attention and loss paths training uses, a packed row equals its samples run separately."""
+@pytest.mark.parametrize(
+    "attn,chunked_loss,layout",
+    [("sdpa", False, "rows"), ("sdpa", True, "rows"), ("ftcore_varlen", True, "rows"), ("ftcore_varlen", True, "flat"), ("ftcore_varlen", True, "flat+compile")],
+)
+def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, attn, chunked_loss, layout) -> None:
+    """Whatever attention, loss and batch layout training uses (padded rows, or the rows laid end to end
+    with their boundaries; eager or torch.compile'd layers), packed rows equal their samples run separately."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -97,12 +101,17 @@ def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, attn
         assert install_loss_head(model)
         model.get_output_embeddings().chunk = 16  # several chunks even for this small batch
         assert isinstance(model.get_output_embeddings(), LossHead)
+    if layout.endswith("compile"):
+        from ftcore.models.loading import compile_layers
+
+        assert compile_layers(model) == model.config.num_hidden_layers
     ids, labels = samples(6, seed=4, max_len=30)
-    packed = pack(Encoded.from_lists(ids, labels), 128, shuffle=False)
-    assert len(packed) == 1 and packed.num_samples == 6
+    packed = pack(Encoded.from_lists(ids, labels), 64, shuffle=False)
+    assert len(packed) >= 2 and packed.num_samples == 6
 
     model.zero_grad()
-    batch = collate_rows([packed.row(0)], pad_id=0)
+    batch = collate_rows([packed.row(r) for r in range(len(packed))], pad_id=0, flat=layout != "rows")
+    assert batch["input_ids"].shape[0] == (len(packed) if layout == "rows" else 1)
     packed_loss, packed_n = loss_sum(model, batch)
     packed_loss.backward()
     packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}

@@ -58,6 +58,7 @@ SCHEMA: dict[str, Any] = {
         "attn_implementation": F(str, "auto", "attention kernel: auto (ftcore_varlen: packed samples attend only to themselves), sdpa, eager, flex_attention, ..."),
         "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path"),
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
+        "compile": F(bool, False, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile)"),
     },
     "adapter": {
         "kind": F(str, "lora", "lora, qlora (4-bit base + LoRA), or full", choices=("lora", "qlora", "full")),

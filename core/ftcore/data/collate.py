@@ -9,15 +9,22 @@ import numpy as np
 from .pack import IGNORE, PackedData
 
 
-def collate_rows(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: int = 8) -> dict[str, Any]:
+def collate_rows(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: int = 8, flat: bool = False) -> dict[str, Any]:
     """Pad rows to the longest one (rounded up to ``multiple_of``) and stack them as tensors.
 
     Padding gets label -100 and its own restarting ``position_ids``, so it forms a separate
     "sample" that attends only to itself; no attention mask is needed, and models whose
     masks follow ``position_ids`` keep every sample's attention inside that sample.
+
+    ``flat=True`` lays the rows end to end as one row instead (padding only up to
+    ``multiple_of``), and adds the sample boundaries for variable-length attention
+    (``cu_seq_lens_q/k`` and ``max_length_q/k``, as transformers passes them to attention):
+    no compute is spent on padding rows to the longest.
     """
     import torch
 
+    if flat:
+        return _collate_flat(rows, pad_id, multiple_of)
     longest = max(len(r["input_ids"]) for r in rows)
     width = -(-longest // multiple_of) * multiple_of
     n = len(rows)
@@ -37,6 +44,29 @@ def collate_rows(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: in
     }
     for key in (k for k in rows[0] if k not in ("input_ids", "labels", "position_ids", "cu_seqlens")):
         batch[key] = [r[key] for r in rows]  # per-row lists of per-sample extras (e.g. image paths)
+    return batch
+
+
+def _collate_flat(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: int) -> dict[str, Any]:
+    import torch
+
+    total = sum(len(r["input_ids"]) for r in rows)
+    pad = -total % multiple_of
+    input_ids = np.concatenate([r["input_ids"] for r in rows] + [np.full(pad, pad_id)]).astype(np.int64)
+    labels = np.concatenate([r["labels"] for r in rows] + [np.full(pad, IGNORE)]).astype(np.int64)
+    position_ids = np.concatenate([r["position_ids"] for r in rows] + [np.arange(pad)]).astype(np.int64)
+    starts = np.flatnonzero(position_ids == 0)
+    cu = torch.from_numpy(np.append(starts, len(position_ids)).astype(np.int32))
+    longest = int(np.diff(cu.numpy()).max())
+    batch: dict[str, Any] = {
+        "input_ids": torch.from_numpy(input_ids)[None],
+        "labels": torch.from_numpy(labels)[None],
+        "position_ids": torch.from_numpy(position_ids)[None],
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
     return batch
 
 

@@ -121,7 +121,31 @@ def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dic
     if adapter_cfg["kind"] == "full":
         for p in model.parameters():
             p.requires_grad_(True)
-        return model
+    else:
+        model = _add_lora(model, adapter_cfg)
+    if model_cfg.get("compile"):
+        compile_layers(model)
+    return model
+
+
+def compile_layers(model: Any) -> int:
+    """``torch.compile`` every decoder layer in place (regional compilation: the layers share one
+    compiled graph, so compiling costs one layer's time, not the model's). Returns how many."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kinds = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in kinds]
+    if not layers:
+        raise FtcoreError(
+            f"model.compile: cannot find the decoder layers of {type(base).__name__} (it names none in _no_split_modules)",
+            where="model.compile",
+            hint="set model.compile=false",
+        )
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def _add_lora(model: Any, adapter_cfg: dict[str, Any]) -> Any:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(

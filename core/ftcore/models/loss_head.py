@@ -27,7 +27,7 @@ class LossHead(nn.Module):
     inside the model's forward, so DDP and ZeRO-3 see the weight used as usual.
     """
 
-    def __init__(self, linear: nn.Linear, chunk: int = 4096) -> None:
+    def __init__(self, linear: nn.Linear, chunk: int = 640) -> None:
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
@@ -50,11 +50,21 @@ class LossHead(nn.Module):
         return total
 
 
-def install_loss_head(model: Any, chunk: int = 4096) -> bool:
-    """Swap the model's output linear layer for a ``LossHead``; False when it has none."""
+#: fp32 logits of one chunk stay under this many bytes (with their bf16 copy and gradient, about
+#: 2.5x that is live at once): 640 tokens for a 92k vocabulary
+CHUNK_BYTES = 256 << 20
+
+
+def install_loss_head(model: Any, chunk: int | None = None) -> bool:
+    """Swap the model's output linear layer for a ``LossHead``; False when it has none.
+
+    ``chunk`` (tokens per chunk) defaults to what keeps a chunk's fp32 logits under ``CHUNK_BYTES``.
+    """
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return False
+    if chunk is None:
+        chunk = max(128, CHUNK_BYTES // (4 * head.out_features) // 128 * 128)
     model.set_output_embeddings(LossHead(head, chunk))
     return True
 

@@ -3,7 +3,9 @@
 A packed row holds several samples whose ``position_ids`` restart at 0. Instead of a
 ``tokens x tokens`` block-diagonal mask (which forces slow masked kernels), the samples'
 boundaries become ``cu_seqlens`` and each sample attends causally to itself only: FlashAttention's
-variable-length kernel on CUDA, one causal SDPA call per sample elsewhere (same result).
+variable-length kernel on CUDA, one causal SDPA call per sample elsewhere (same result). A flat
+batch (:func:`ftcore.data.collate.collate_rows` with ``flat=True``) brings its boundaries along
+(``cu_seq_lens_q``, ``max_length_q``), so nothing is computed from ``position_ids`` on the device.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def _segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[in
     return torch.cat(outs)
 
 
+@torch.compiler.disable  # under model.compile the layer compiles around it: the kernel call stays eager
 def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention-interface function: (B, H, L, D) in, (B, L, H, D) out."""
     position_ids = kwargs.get("position_ids")
@@ -71,23 +74,27 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = scaling if scaling is not None else d**-0.5
-    groups = h // key.shape[1]
     q = query.transpose(1, 2).reshape(b * length, h, d)
     k = key.transpose(1, 2).reshape(b * length, -1, d)
     v = value.transpose(1, 2).reshape(b * length, -1, d)
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    cu, longest, bounds = _boundaries(position_ids, b)
+    given = kwargs.get("cu_seq_lens_q")
+    if given is not None and b == 1 and kwargs.get("max_length_q") is not None:
+        cu, longest, bounds = given, int(kwargs["max_length_q"]), None
+    else:
+        cu, longest, bounds = _boundaries(position_ids, b)
     half = q.dtype in (torch.float16, torch.bfloat16)
     if q.is_cuda and not half and torch.is_autocast_enabled("cuda"):
         # fp32 norms (k-bit preparation) make q/k/v fp32 after RoPE; autocast would run
         # attention in half precision anyway, so the flash kernel computes the same thing.
         dtype = torch.get_autocast_dtype("cuda")
         q, k, v, half = q.to(dtype), k.to(dtype), v.to(dtype), True
-    if q.is_cuda and half and d <= 256:
-        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, longest, scale).to(query.dtype)
+    if q.is_cuda and half and d <= 256:  # grouped K/V heads go in as they are: the kernel shares them
+        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu.to(q.device, non_blocking=True), longest, scale).to(query.dtype)
     else:
-        out = _segments(q, k, v, bounds, scale)
+        groups = h // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = _segments(q, k, v, bounds if bounds is not None else cu.tolist(), scale)
     return out.reshape(b, length, h, d), None
 
 

@@ -115,6 +115,8 @@ class Run:
         )
         model = load_base_model(model_cfg, builder, strategy.device, self.precision)
         model = getattr(builder, "prepare_for_training", prepare_for_training)(model, model_cfg, recipe["adapter"])
+        # varlen attention takes a micro batch as one flat row: no compute spent on padding
+        self.flat = getattr(model.config, "_attn_implementation", None) == "ftcore_varlen" and not hasattr(builder, "prepare_batch")
         trainable, total = count_parameters(model)
         quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
         self.log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({recipe['adapter']['kind']}{quant}), {self.precision} on {strategy.device}")
@@ -130,7 +132,7 @@ class Run:
     def collate(self, rows: list[int]) -> dict[str, Any]:
         from ..data.collate import collate_rows
 
-        batch = collate_rows([self.ctx.data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id)
+        batch = collate_rows([self.ctx.data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id, flat=self.flat)
         prepare = getattr(self.builder, "prepare_batch", None)  # e.g. images -> pixel_values
         return prepare(batch) if prepare else batch
 
