@@ -18,7 +18,7 @@ from ..errors import FtcoreError
 from .encode import EncodedBatch
 from .pack import Encoded, PackedData, pack
 
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 #: Sample keys (besides the text) carried from records into batches, e.g. an image path.
 CARRIED_KEYS = ("image",)
 ENCODE_CHUNK = 2048
