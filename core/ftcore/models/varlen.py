@@ -5,7 +5,7 @@ A packed row holds several samples whose ``position_ids`` restart at 0. Instead 
 boundaries become ``cu_seqlens`` and each sample attends causally to itself only: FlashAttention's
 variable-length kernel on CUDA, one causal SDPA call per sample elsewhere (same result). A flat
 batch (:func:`ftcore.data.collate.collate_rows` with ``flat=True``) brings its boundaries along
-(``cu_seq_lens_q``, ``max_length_q``), so nothing is computed from ``position_ids`` on the device.
+(:func:`attach_boundaries`), so nothing is computed from ``position_ids`` on the device.
 """
 
 from __future__ import annotations
@@ -18,7 +18,21 @@ import torch.nn.functional as F
 NAME = "ftcore_varlen"
 
 
-def _boundaries(position_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, int, list[int]]:
+def attach_boundaries(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Move a flat batch's sample boundaries (``cu_seq_lens_q``, ``max_length_q``, from
+    :func:`ftcore.data.collate.collate_rows`) onto its ``position_ids`` tensor, where the
+    attention finds them. Passed as model arguments instead, they would reach every
+    torch.compile'd layer as inputs and make it recompile whenever their sizes change.
+    """
+    cu, longest = inputs.pop("cu_seq_lens_q", None), inputs.pop("max_length_q", None)
+    inputs.pop("cu_seq_lens_k", None), inputs.pop("max_length_k", None)
+    position_ids = inputs.get("position_ids")
+    if cu is not None and longest is not None and position_ids is not None and position_ids.shape[0] == 1:
+        position_ids._ftcore_varlen = (cu.to(position_ids.device, non_blocking=True), int(longest), None)
+    return inputs
+
+
+def _boundaries(position_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, int, list[int] | None]:
     """``cu_seqlens`` (int32, on device), the longest sample, and the boundaries as ints.
 
     Computed once per forward and remembered on the ``position_ids`` tensor itself (every
@@ -77,11 +91,7 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     q = query.transpose(1, 2).reshape(b * length, h, d)
     k = key.transpose(1, 2).reshape(b * length, -1, d)
     v = value.transpose(1, 2).reshape(b * length, -1, d)
-    given = kwargs.get("cu_seq_lens_q")
-    if given is not None and b == 1 and kwargs.get("max_length_q") is not None:
-        cu, longest, bounds = given, int(kwargs["max_length_q"]), None
-    else:
-        cu, longest, bounds = _boundaries(position_ids, b)
+    cu, longest, bounds = _boundaries(position_ids, b)
     half = q.dtype in (torch.float16, torch.bfloat16)
     if q.is_cuda and not half and torch.is_autocast_enabled("cuda"):
         # fp32 norms (k-bit preparation) make q/k/v fp32 after RoPE; autocast would run
@@ -89,7 +99,7 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
         dtype = torch.get_autocast_dtype("cuda")
         q, k, v, half = q.to(dtype), k.to(dtype), v.to(dtype), True
     if q.is_cuda and half and d <= 256:  # grouped K/V heads go in as they are: the kernel shares them
-        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu.to(q.device, non_blocking=True), longest, scale).to(query.dtype)
+        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, longest, scale).to(query.dtype)
     else:
         groups = h // k.shape[1]
         if groups > 1:

@@ -86,7 +86,9 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     from ..models.loss_head import find_loss_head
 
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels" and isinstance(v, (torch.Tensor, int))}
+    from ..models.varlen import attach_boundaries
+
+    inputs = attach_boundaries({k: v for k, v in batch.items() if k != "labels" and isinstance(v, (torch.Tensor, int))})
     shift_labels = labels[:, 1:]
     n = int((shift_labels != IGNORE).sum())
     head = find_loss_head(model)
