@@ -32,6 +32,15 @@ def test_quickstart_learns_its_self_introduction_then_plots_and_chats(tmp_path) 
     assert "ftcore" in chat.stdout
 
 
+def test_quickstart_with_compiled_layers_learns_too(tmp_path) -> None:
+    """model.compile=true through the CLI: torch.compile'd decoder layers (flat batches, varlen
+    attention kept eager) train to the same self-introduction."""
+    proc = run_cli("run", "--recipe", "quickstart", "model.compile=true", "train.max_steps=30", cwd=tmp_path, check=True, timeout=600)
+    assert "model.compile: each decoder layer is compiled" in proc.stdout and "done: 30 steps" in proc.stdout
+    after = json.loads((tmp_path / "work_dirs" / "quickstart" / "eval" / "step-30.json").read_text())["answers"][0]["answer"]
+    assert "ftcore" in after
+
+
 def test_plot_without_metrics_says_what_to_do(tmp_path) -> None:
     proc = run_cli("plot", str(tmp_path))
     assert proc.returncode == 2 and "metrics.jsonl" in proc.stderr and "metrics_log" in proc.stderr

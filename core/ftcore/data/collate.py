@@ -17,8 +17,8 @@ def collate_rows(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: in
     masks follow ``position_ids`` keep every sample's attention inside that sample.
 
     ``flat=True`` lays the rows end to end as one row instead (padding only up to
-    ``multiple_of``), and adds the sample boundaries for variable-length attention
-    (``cu_seq_lens_q/k`` and ``max_length_q/k``, as transformers passes them to attention):
+    ``multiple_of``) and adds the sample boundaries for variable-length attention
+    (``cu_seqlens``, ``max_seqlen``; see :func:`ftcore.models.varlen.attach_boundaries`):
     no compute is spent on padding rows to the longest.
     """
     import torch
@@ -62,10 +62,8 @@ def _collate_flat(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: i
         "input_ids": torch.from_numpy(input_ids)[None],
         "labels": torch.from_numpy(labels)[None],
         "position_ids": torch.from_numpy(position_ids)[None],
-        "cu_seq_lens_q": cu,
-        "cu_seq_lens_k": cu,
-        "max_length_q": longest,
-        "max_length_k": longest,
+        "cu_seqlens": cu,
+        "max_seqlen": longest,
     }
     return batch
 

@@ -80,8 +80,8 @@ class PackedData:
         return cls(**arrays, max_length=int((folder / "max_length").read_text()), extras=extras)
 
 
-def reorder(tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Indices into ``tokens`` that lay its samples (``lengths`` end to end) out in ``order``."""
+def _reorder(lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Token indices that lay samples (``lengths`` long, end to end) out in ``order`` instead."""
     starts = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
     picked = lengths[order]
@@ -119,6 +119,8 @@ class Encoded:
 
     def as_lists(self) -> tuple[list[list[int]], list[list[int]]]:
         """Every sample's ids and labels as Python lists (for inspection and tests)."""
+        if not len(self):
+            return [], []
         cuts = np.cumsum(self.lengths)[:-1]
         return [a.tolist() for a in np.split(self.tokens, cuts)], [a.tolist() for a in np.split(self.labels, cuts)]
 
@@ -175,7 +177,7 @@ def pack(
     else:
         rows = np.arange(n + 1, dtype=np.int64)
     lengths = samples.lengths[order]
-    picks = reorder(samples.tokens, samples.lengths, order)
+    picks = _reorder(samples.lengths, order)
     tokens, labs = samples.tokens[picks].astype(np.int32), samples.labels[picks].astype(np.int32)
     starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])

@@ -19,13 +19,12 @@ NAME = "ftcore_varlen"
 
 
 def attach_boundaries(inputs: dict[str, Any]) -> dict[str, Any]:
-    """Move a flat batch's sample boundaries (``cu_seq_lens_q``, ``max_length_q``, from
+    """Move a flat batch's sample boundaries (``cu_seqlens``, ``max_seqlen``, from
     :func:`ftcore.data.collate.collate_rows`) onto its ``position_ids`` tensor, where the
     attention finds them. Passed as model arguments instead, they would reach every
     torch.compile'd layer as inputs and make it recompile whenever their sizes change.
     """
-    cu, longest = inputs.pop("cu_seq_lens_q", None), inputs.pop("max_length_q", None)
-    inputs.pop("cu_seq_lens_k", None), inputs.pop("max_length_k", None)
+    cu, longest = inputs.pop("cu_seqlens", None), inputs.pop("max_seqlen", None)
     position_ids = inputs.get("position_ids")
     if cu is not None and longest is not None and position_ids is not None and position_ids.shape[0] == 1:
         position_ids._ftcore_varlen = (cu.to(position_ids.device, non_blocking=True), int(longest), None)

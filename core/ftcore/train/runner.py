@@ -120,6 +120,8 @@ class Run:
         trainable, total = count_parameters(model)
         quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
         self.log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({recipe['adapter']['kind']}{quant}), {self.precision} on {strategy.device}")
+        if model_cfg["compile"]:
+            self.log("model.compile: each decoder layer is compiled with torch.compile during the first steps (a minute or two)")
         from .optim import build_optimizer, build_scheduler
 
         params = [p for p in model.parameters() if p.requires_grad]
