@@ -43,12 +43,14 @@ def metrics(work_dir: Path) -> list[dict]:
 
 
 def test_lora_run_learns_and_writes_peft_checkpoints(tmp_path, tiny_llama, self_cognition_file) -> None:
-    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, train={"max_steps": 12, "save_every": 4, "save_total_limit": 2})
+    # metrics_log is listed first, yet records what throughput adds to each step's metrics
+    hooks = ["metrics_log", {"name": "throughput", "peak_tflops": 100}]
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, train={"max_steps": 12, "save_every": 4, "save_total_limit": 2}, hooks=hooks)
     proc = run_cli("run", "--recipe", str(recipe), check=True)
     wd = tmp_path / "wd"
     losses = [m["loss"] for m in metrics(wd)]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
-    assert all({"step", "loss", "lr", "tokens_per_s"} <= set(m) for m in metrics(wd))
+    assert all({"step", "loss", "lr", "tokens_per_s", "tflops", "mfu"} <= set(m) for m in metrics(wd))
     # keep the last save_total_limit checkpoints; latest points at the final one
     assert sorted(p.name for p in wd.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
     assert (wd / "latest").read_text().strip() == "checkpoint-12"

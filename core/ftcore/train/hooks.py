@@ -16,9 +16,12 @@ class TrainingHook:
     ``after_step`` (after every optimizer step, with that step's metrics), ``after_save``
     (with the checkpoint folder) and ``after_train``. ``creates`` lists recipe keys whose
     paths this hook creates in ``setup`` (validation then does not require them to exist).
+    Hooks run in recipe order, except that a larger ``order`` runs later (a hook that
+    records the metrics runs after the hooks that add to them).
     """
 
     creates: tuple[str, ...] = ()
+    order: int = 0
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -54,6 +57,8 @@ class DatasetInfo(TrainingHook):
 
 class MetricsLog(TrainingHook):
     """Append one JSON line per optimizer step to ``work_dir/metrics.jsonl``."""
+
+    order = 100  # after the hooks that add metrics (throughput's tflops and mfu)
 
     def before_train(self, ctx: RunContext) -> None:
         self.path = ctx.work_dir / "metrics.jsonl"
@@ -142,6 +147,8 @@ class EvaluateChat(TrainingHook):
 
 class TensorBoard(TrainingHook):
     """Write loss, learning rate and throughput to TensorBoard (``pip install 'ftcore[tensorboard]'``)."""
+
+    order = 100  # after the hooks that add metrics
 
     def before_train(self, ctx: RunContext) -> None:
         if not ctx.is_main:

@@ -41,7 +41,7 @@ def make_hooks(recipe: Any, parts: Any) -> list[Any]:
     for entry in recipe["hooks"]:
         options = {k: v for k, v in entry.items() if k != "name"}
         hooks.append(parts.hooks.get(entry["name"])(**options))
-    return hooks
+    return sorted(hooks, key=lambda hook: getattr(hook, "order", 0))  # stable: recipe order otherwise
 
 
 def _write_model(model: Any, folder: Path, builder: Any = None) -> None:
