@@ -206,18 +206,21 @@ def _encode_overlapped(samples: Any, tokenizer: Any, template: Any, data_cfg: di
     if max_length < 1:
         raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
     outs: list[EncodedBatch] = []
-    pending = None
+
+    def finish(start: int, plan: Any, future: Any) -> None:
+        outs.append(assemble(plan, future.result(), max_length))
+        outs[-1].indices += start
+
+    pending: tuple[int, Any, Any] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="ftcore-tokenize") as pool:
         for start in range(0, len(samples), ENCODE_CHUNK):
             plan = plan_batch(samples[start : start + ENCODE_CHUNK], tokenizer, template, data_cfg["system"])
             future = pool.submit(tokenize, tokenizer, plan.texts)
             if pending is not None:
-                outs.append(assemble(pending[1], pending[2].result(), max_length))
-                outs[-1].indices += pending[0]
+                finish(*pending)
             pending = (start, plan, future)
         if pending is not None:
-            outs.append(assemble(pending[1], pending[2].result(), max_length))
-            outs[-1].indices += pending[0]
+            finish(*pending)
     return outs
 
 
