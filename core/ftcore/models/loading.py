@@ -117,6 +117,15 @@ def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dic
             p.requires_grad_(False)
     if model_cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if model_cfg.get("offload_activations"):
+        from .offload import offload_checkpointed_inputs
+
+        if not model_cfg["gradient_checkpointing"] or not offload_checkpointed_inputs(model):
+            raise FtcoreError(
+                "model.offload_activations keeps the inputs of gradient-checkpointed layers on the CPU, but no layer is checkpointed",
+                where="model.offload_activations",
+                hint="set model.gradient_checkpointing=true (or drop model.offload_activations)",
+            )
     model.train()  # from_pretrained returns eval mode: no dropout, no gradient checkpointing
     if adapter_cfg["kind"] == "full":
         for p in model.parameters():
