@@ -17,7 +17,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, run: Callable[..., Any], hidden: torch.Tensor) -> Any:
+    def forward(ctx: Any, run: Callable[[torch.Tensor], tuple[Any, ...]], hidden: torch.Tensor) -> tuple[Any, ...]:
         ctx.run, ctx.device = run, hidden.device
         ctx.saved = torch.empty(hidden.shape, dtype=hidden.dtype, device="cpu", pin_memory=hidden.is_cuda)
         ctx.saved.copy_(hidden, non_blocking=True)
@@ -25,9 +25,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None
         ctx.autocast = torch.is_autocast_enabled(hidden.device.type), torch.get_autocast_dtype(hidden.device.type)
         with torch.no_grad():
-            out = run(hidden)
-        ctx.is_tuple = isinstance(out, tuple)
-        return out if ctx.is_tuple else (out,)
+            return run(hidden)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
@@ -39,8 +37,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
                 torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             enabled, dtype = ctx.autocast
             with torch.enable_grad(), torch.autocast(ctx.device.type, dtype=dtype, enabled=enabled):
-                out = ctx.run(hidden)
-        outs = out if isinstance(out, tuple) else (out,)
+                outs = ctx.run(hidden)
         pairs = [(o, g) for o, g in zip(outs, grads) if isinstance(o, torch.Tensor) and o.requires_grad and g is not None]
         torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         return None, hidden.grad
@@ -51,8 +48,15 @@ def offloaded_checkpoint(run: Callable[..., Any], *args: Any) -> Any:
     input kept in CPU memory; anything other than one hidden-states tensor goes to the usual checkpoint."""
     if len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return checkpoint(run, *args, use_reentrant=False)
-    out = _OffloadedCheckpoint.apply(run, args[0])
-    return out if len(out) > 1 else out[0]
+    returns_tuple: list[bool] = []
+
+    def run_as_tuple(hidden: torch.Tensor) -> tuple[Any, ...]:
+        out = run(hidden)
+        returns_tuple[:] = [isinstance(out, tuple)]
+        return out if isinstance(out, tuple) else (out,)
+
+    outs = _OffloadedCheckpoint.apply(run_as_tuple, args[0])
+    return outs if returns_tuple[0] else outs[0]
 
 
 def offload_checkpointed_inputs(model: Any) -> int:
