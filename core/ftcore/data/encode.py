@@ -369,6 +369,8 @@ def plan_batch(samples: Sequence[dict[str, Any]], tokenizer: Any, template: Prom
 def assemble(plan: BatchPlan, encoded: list[list[int]], max_length: int) -> EncodedBatch:
     """Lay the pieces' tokens out per sample, mask the untrained ones, cut to ``max_length``
     and leave out samples with no trained token; numpy throughout (no loop over tokens)."""
+    if max_length < 1:
+        raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
     text_len = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
     text_start = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum(text_len, out=text_start[1:])
@@ -422,7 +424,5 @@ def encode_batch(
     are cut (counted in ``truncated``); samples left with no trained token are left out
     (counted in ``dropped``); ``indices`` maps kept samples back to ``samples``.
     """
-    if max_length < 1:
-        raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
     plan = plan_batch(samples, tokenizer, template, system)
     return assemble(plan, tokenize(tokenizer, plan.texts), max_length)

@@ -203,8 +203,6 @@ def _encode_overlapped(samples: Any, tokenizer: Any, template: Any, data_cfg: di
     from .encode import assemble, plan_batch, tokenize
 
     max_length = data_cfg["max_length"]
-    if max_length < 1:
-        raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
     outs: list[EncodedBatch] = []
 
     def finish(start: int, plan: Any, future: Any) -> None:
