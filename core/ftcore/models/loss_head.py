@@ -11,6 +11,10 @@ from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
 
+#: fp32 logits of one chunk stay under this many bytes (with their bf16 copy and gradient, about
+#: 2.5x that is live at once): 640 tokens for a 92k vocabulary
+CHUNK_BYTES = 256 << 20
+
 
 def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     logits = F.linear(hidden, weight, bias).float()
@@ -27,12 +31,13 @@ class LossHead(nn.Module):
     inside the model's forward, so DDP and ZeRO-3 see the weight used as usual.
     """
 
-    def __init__(self, linear: nn.Linear, chunk: int = 640) -> None:
+    def __init__(self, linear: nn.Linear, chunk: int | None = None) -> None:
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.chunk = chunk
+        # by default a chunk's fp32 logits stay under CHUNK_BYTES (640 tokens for a 92k vocabulary)
+        self.chunk = chunk if chunk is not None else max(128, CHUNK_BYTES // (4 * linear.out_features) // 128 * 128)
         self.targets: torch.Tensor | None = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -50,21 +55,14 @@ class LossHead(nn.Module):
         return total
 
 
-#: fp32 logits of one chunk stay under this many bytes (with their bf16 copy and gradient, about
-#: 2.5x that is live at once): 640 tokens for a 92k vocabulary
-CHUNK_BYTES = 256 << 20
-
-
 def install_loss_head(model: Any, chunk: int | None = None) -> bool:
     """Swap the model's output linear layer for a ``LossHead``; False when it has none.
 
-    ``chunk`` (tokens per chunk) defaults to what keeps a chunk's fp32 logits under ``CHUNK_BYTES``.
+    ``chunk`` is tokens per chunk (default: see :class:`LossHead`).
     """
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return False
-    if chunk is None:
-        chunk = max(128, CHUNK_BYTES // (4 * head.out_features) // 128 * 128)
     model.set_output_embeddings(LossHead(head, chunk))
     return True
 
