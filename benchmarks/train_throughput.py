@@ -12,7 +12,9 @@ Llama layout ftcore converts InternLM2 to); sample lengths are lognormal (median
 A case is a name from CASES plus optional ``+`` modifiers: ``compile`` (model.compile: each decoder
 layer torch.compile'd), ``liger`` (Liger-kernel RMSNorm/RoPE/SwiGLU patched in, if installed),
 ``rows`` (padded rows instead of one flat row per micro batch), ``nodrop`` (LoRA dropout 0),
-``mbN`` (micro batch N), ``offload`` (model.offload_activations: checkpointed layer inputs in CPU memory).
+``mbN`` (micro batch N), ``offload`` (model.offload_activations: checkpointed layer inputs in CPU memory),
+``cpuemb`` (model.offload_embeddings: the frozen embedding table in CPU memory), ``nofuse`` (model.fused_lora=false:
+peft's own LoRA forward).
 
 MFU counts 4 * N_matmul FLOPs per token for adapter training (forward 2N, backward through
 activations 2N) and 6 * N_matmul for full fine-tunes; attention FLOPs are left out.
@@ -260,12 +262,14 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     from ftcore.models.hf import HFBuilder
     from ftcore.models.loading import load_base_model, prepare_for_training
     from ftcore.recipe import Recipe, validate
-    from ftcore.train.loop import IGNORE, loss_sum
+    from ftcore.models.offload import cpu_inputs
+    from ftcore.train.loop import IGNORE, loss_sum, to_device
     from ftcore.train.optim import build_optimizer
 
     recipe = Recipe({
         "model": {"builder": "hf", "path": str(ckpt), "gradient_checkpointing": gc, "attn_implementation": args.attn,
-                  "chunked_loss": args.chunked_loss == "on", "compile": "compile" in args.mods, "offload_activations": "offload" in args.mods},
+                  "chunked_loss": args.chunked_loss == "on", "compile": "compile" in args.mods, "offload_activations": "offload" in args.mods,
+                  "offload_embeddings": "cpuemb" in args.mods, "fused_lora": "nofuse" not in args.mods},
         "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": lora_dropout(args)},
         "data": {"path": "unused"},
         "train": {"optimizer": args.optimizer, "lr": 1e-4},
@@ -282,7 +286,7 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
 
     def step(batch):
         n = int((batch["labels"][:, 1:] != IGNORE).sum())  # on the CPU copy: no device sync
-        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = to_device(batch, device, keep=cpu_inputs(model))  # as the trainer does: pinned, no sync
         with torch.autocast("cuda", dtype=torch.bfloat16):
             lsum, _ = loss_sum(model, batch)
         (lsum / n).backward()

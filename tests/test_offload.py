@@ -55,3 +55,49 @@ def test_offload_without_checkpointing_is_a_clear_error(tiny_llama) -> None:
     with pytest.raises(FtcoreError, match="model.gradient_checkpointing=true") as err:
         prepare_for_training(model, cfg, adapter)
     assert err.value.where == "model.offload_activations"
+
+
+def _prepared(tiny_llama, adapter_kind: str = "lora", **model_cfg):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftcore.models.loading import prepare_for_training
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    cfg = {"quantization": "none", "gradient_checkpointing": True, "offload_activations": False, "chunked_loss": False, **model_cfg}
+    adapter = {"kind": adapter_kind, "r": 4, "alpha": 8, "dropout": 0.0, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
+    return prepare_for_training(model, cfg, adapter)
+
+
+@pytest.mark.parametrize("offload_activations", [False, True])
+def test_offloaded_embeddings_give_the_same_loss_and_gradients(tiny_llama, offload_activations) -> None:
+    import torch
+
+    from ftcore.models.offload import cpu_inputs
+
+    results = []
+    for offload in (False, True):
+        model = _prepared(tiny_llama, offload_embeddings=offload, offload_activations=offload_activations)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(hash(name) % 1000))
+        assert cpu_inputs(model) == (("input_ids",) if offload else ())
+        embedding = model.get_input_embeddings()
+        assert hasattr(embedding, "_ftcore_device") == offload and not embedding.weight.requires_grad
+        ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(1))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (loss, grads), (off_loss, off_grads) = results
+    assert off_loss == loss and grads.keys() == off_grads.keys() and grads
+    for name, g in grads.items():
+        assert torch.equal(off_grads[name], g), name
+
+
+def test_offloaded_embeddings_refuse_what_they_cannot_do(tiny_llama) -> None:
+    from ftcore.errors import FtcoreError
+
+    with pytest.raises(FtcoreError, match="this run trains them") as err:
+        _prepared(tiny_llama, adapter_kind="full", offload_embeddings=True)
+    assert err.value.where == "model.offload_embeddings"

@@ -216,8 +216,8 @@ def test_loss_is_token_weighted_over_the_accumulated_batch(tiny_llama) -> None:
     collate = lambda rows: collate_rows([data.row(i) for i in rows], 0)
     with torch.no_grad():
         parts = [loss_sum(model, collate(schedule.rows(g))) for g in range(2)]
-    expected = sum(float(l) for l, _ in parts) / sum(n for _, n in parts)
-    mean_of_means = sum(float(l) / n for l, n in parts) / 2
+    expected = sum(float(l) for l, _ in parts) / sum(int(n) for _, n in parts)
+    mean_of_means = sum(float(l) / int(n) for l, n in parts) / 2
     got = Trainer(ctx, opt, sched, schedule, collate, [], lambda: None, "fp32").train_step()["loss"]
     assert got == pytest.approx(expected, rel=1e-5)
     assert abs(got - mean_of_means) > 1e-3

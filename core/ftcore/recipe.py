@@ -56,6 +56,7 @@ SCHEMA: dict[str, Any] = {
         "trust_remote_code": F(bool, False, "run Python code shipped with the checkpoint (off unless you trust it)"),
         "gradient_checkpointing": F(bool, True, "recompute activations in backward to save memory"),
         "offload_activations": F(bool, False, "with gradient checkpointing: keep each layer's input in CPU memory too (very long samples)"),
+        "offload_embeddings": F(bool, False, "keep the frozen input embeddings in CPU memory (adapters; 0.7 GiB less GPU memory on a 7B model)"),
         "attn_implementation": F(str, "auto", "attention kernel: auto (ftcore_varlen: packed samples attend only to themselves), sdpa, eager, flex_attention, ..."),
         "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path"),
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),

@@ -136,6 +136,10 @@ def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dic
             from .fused_lora import fuse_lora_layers
 
             fuse_lora_layers(model)
+    if model_cfg.get("offload_embeddings"):
+        from .offload import offload_embeddings
+
+        offload_embeddings(model)
     if model_cfg.get("compile"):
         compile_layers(model)
     return model

@@ -79,7 +79,9 @@ def total_steps(train_cfg: dict[str, Any], schedule: Schedule) -> int:
 
 
 def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """Sum of next-token cross-entropy over trained tokens, and how many tokens were trained."""
+    """Sum of next-token cross-entropy over trained tokens, and how many tokens were trained
+    (a 0-d tensor on the batch's device: reading it waits for the device, so callers that know
+    the count already do not)."""
     import torch
     import torch.nn.functional as F
 
@@ -90,7 +92,7 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
 
     inputs = attach_boundaries({k: v for k, v in batch.items() if k != "labels" and isinstance(v, (torch.Tensor, int))})
     shift_labels = labels[:, 1:]
-    n = int((shift_labels != IGNORE).sum())
+    n = (shift_labels != IGNORE).sum()
     head = find_loss_head(model)
     if head is not None:  # the head returns the loss sum itself (chunked, trained tokens only)
         head.targets = labels
@@ -103,6 +105,16 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
     return loss, n
+
+
+def to_device(batch: dict[str, Any], device: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A collated batch's tensors on ``device``, except the ``keep`` keys. CPU tensors go through
+    pinned memory, so the copy is queued behind the GPU's work instead of waiting for it."""
+    import torch
+
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin and v.device.type == "cpu" else v).to(device, non_blocking=pin) if isinstance(v, torch.Tensor) and k not in keep else v
+            for k, v in batch.items()}
 
 
 class StopRequested:
@@ -142,6 +154,9 @@ class Trainer:
         self.save_every = train["save_every"]
         self.log_every = max(1, train["log_every"])
         self.row_lengths = ctx.data.row_lengths()
+        from ..models.offload import cpu_inputs
+
+        self.cpu_inputs = cpu_inputs(ctx.strategy.unwrap(ctx.model))
 
     def _autocast(self) -> Any:
         import contextlib
@@ -170,7 +185,7 @@ class Trainer:
         scale = strategy.world_size / total
         loss_value = torch.zeros((), device=strategy.device)
         for i, batch in enumerate(batches):
-            batch = {k: v.to(strategy.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, strategy.device, keep=self.cpu_inputs)
             with self._autocast():
                 lsum, _ = loss_sum(ctx.model, batch)
             strategy.backward(lsum * scale, last=i == len(batches) - 1)
