@@ -2,11 +2,68 @@
 
 from __future__ import annotations
 
+import weakref
 from types import MethodType
 from typing import Any, Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+
+class _CpuCopy:
+    """One layer input in pinned CPU memory. On a GPU the copies run on a side stream: out while
+    the layer computes, and back while the layer after it (in forward order) runs its backward."""
+
+    _last: dict[Any, Any] = {}  # device -> weak reference to the newest copy (the next prefetch target)
+    _streams: dict[Any, Any] = {}
+
+    def __init__(self, hidden: torch.Tensor) -> None:
+        self.device = hidden.device
+        self.cpu = torch.empty(hidden.shape, dtype=hidden.dtype, device="cpu", pin_memory=hidden.is_cuda)
+        self.gpu: torch.Tensor | None = None
+        self.event: Any = None
+        self.before: Any = None
+        if not hidden.is_cuda:
+            self.cpu.copy_(hidden)
+            return
+        stream = self._stream()
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.cpu.copy_(hidden, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(stream)
+        hidden.record_stream(stream)  # its memory is not reused before the copy is done
+        self.before = _CpuCopy._last.get(self.device)
+        _CpuCopy._last[self.device] = weakref.ref(self)
+
+    def _stream(self) -> Any:
+        if self.device not in _CpuCopy._streams:
+            _CpuCopy._streams[self.device] = torch.cuda.Stream(self.device)
+        return _CpuCopy._streams[self.device]
+
+    def prefetch(self) -> None:
+        if self.event is None or self.gpu is not None or self.cpu is None:  # on the CPU, under way, or taken
+            return
+        stream = self._stream()
+        stream.wait_event(self.event)
+        with torch.cuda.stream(stream):
+            self.gpu = self.cpu.to(self.device, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(stream)
+
+    def take(self) -> torch.Tensor:
+        """The input back on its device (once); starts bringing back the layer before it too."""
+        if self.event is None:
+            return self.cpu
+        self.prefetch()
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(self.event)
+        hidden, self.gpu, self.cpu = self.gpu, None, None
+        hidden.record_stream(current)
+        before = self.before() if self.before is not None else None
+        if before is not None:
+            before.prefetch()
+        return hidden
 
 
 class _OffloadedCheckpoint(torch.autograd.Function):
@@ -19,19 +76,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, run: Callable[[torch.Tensor], tuple[Any, ...]], hidden: torch.Tensor) -> tuple[Any, ...]:
-        ctx.run, ctx.device = run, hidden.device
-        ctx.saved = torch.empty(hidden.shape, dtype=hidden.dtype, device="cpu", pin_memory=hidden.is_cuda)
-        ctx.copied = None
-        if hidden.is_cuda:  # copied out on a side stream while the layer computes
-            stream = _copy_stream(hidden.device)
-            stream.wait_stream(torch.cuda.current_stream(hidden.device))
-            with torch.cuda.stream(stream):
-                ctx.saved.copy_(hidden, non_blocking=True)
-                ctx.copied = torch.cuda.Event()
-                ctx.copied.record(stream)
-            hidden.record_stream(stream)  # its memory is not reused before the copy is done
-        else:
-            ctx.saved.copy_(hidden)
+        ctx.run, ctx.device, ctx.saved = run, hidden.device, _CpuCopy(hidden)
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None
         ctx.autocast = torch.is_autocast_enabled(hidden.device.type), torch.get_autocast_dtype(hidden.device.type)
@@ -40,9 +85,8 @@ class _OffloadedCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
-        if ctx.copied is not None:
-            torch.cuda.current_stream(ctx.device).wait_event(ctx.copied)
-        hidden = ctx.saved.to(ctx.device, non_blocking=True).requires_grad_(True)
+        hidden = ctx.saved.take().requires_grad_(True)
+        ctx.saved = None
         devices = [ctx.device] if ctx.cuda_rng is not None else []
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(ctx.cpu_rng)
@@ -54,15 +98,6 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         pairs = [(o, g) for o, g in zip(outs, grads) if isinstance(o, torch.Tensor) and o.requires_grad and g is not None]
         torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         return None, hidden.grad
-
-
-_COPY_STREAMS: dict[Any, Any] = {}
-
-
-def _copy_stream(device: torch.device) -> Any:
-    if device not in _COPY_STREAMS:
-        _COPY_STREAMS[device] = torch.cuda.Stream(device)
-    return _COPY_STREAMS[device]
 
 
 def offloaded_checkpoint(run: Callable[..., Any], *args: Any) -> Any:
