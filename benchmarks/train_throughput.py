@@ -396,7 +396,7 @@ def check_offload() -> float:
     return rel
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="1.8b", choices=list(SHAPES))
     p.add_argument("--cases", default="hf_qlora_naive,ftcore_lora,ftcore_qlora")
@@ -416,6 +416,11 @@ def main() -> None:
     p.add_argument("--max-context", type=int, default=131072)
     p.add_argument("--json", help="append results as JSON lines to this file")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of two more steps per case")
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
     if args.case:
         print("RESULT " + json.dumps(run_case(args)), flush=True)
