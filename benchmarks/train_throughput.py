@@ -13,8 +13,8 @@ A case is a name from CASES plus optional ``+`` modifiers: ``compile`` (model.co
 layer torch.compile'd), ``liger`` (Liger-kernel RMSNorm/RoPE/SwiGLU patched in, if installed),
 ``rows`` (padded rows instead of one flat row per micro batch), ``nodrop`` (LoRA dropout 0),
 ``mbN`` (micro batch N), ``offload`` (model.offload_activations: checkpointed layer inputs in CPU memory),
-``cpuemb`` (model.offload_embeddings: the frozen embedding table in CPU memory), ``nofuse`` (model.fused_lora=false:
-peft's own LoRA forward).
+``cpuemb`` (model.offload_embeddings: the frozen embedding table in CPU memory), ``fused`` (model.fused_lora: the
+LoRA product added into the base output in place instead of peft's clone + scale + add).
 
 MFU counts 4 * N_matmul FLOPs per token for adapter training (forward 2N, backward through
 activations 2N) and 6 * N_matmul for full fine-tunes; attention FLOPs are left out.
@@ -275,7 +275,7 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     recipe = Recipe({
         "model": {"builder": "hf", "path": str(ckpt), "gradient_checkpointing": gc, "attn_implementation": args.attn,
                   "chunked_loss": args.chunked_loss == "on", "compile": "compile" in args.mods, "offload_activations": "offload" in args.mods,
-                  "offload_embeddings": "cpuemb" in args.mods, "fused_lora": "nofuse" not in args.mods},
+                  "offload_embeddings": "cpuemb" in args.mods, "fused_lora": "fused" in args.mods},
         "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": lora_dropout(args)},
         "data": {"path": "unused"},
         "train": {"optimizer": args.optimizer, "lr": 1e-4},

@@ -60,7 +60,7 @@ SCHEMA: dict[str, Any] = {
         "attn_implementation": F(str, "auto", "attention kernel: auto (ftcore_varlen: packed samples attend only to themselves), sdpa, eager, flex_attention, ..."),
         "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path"),
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
-        "fused_lora": F(bool, True, "add each LoRA product into the base output inside one GEMM while training (peft's forward otherwise)"),
+        "fused_lora": F(bool, False, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile)"),
         "compile": F(bool, False, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile)"),
     },
     "adapter": {

@@ -132,7 +132,7 @@ def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dic
             p.requires_grad_(True)
     else:
         model = _add_lora(model, adapter_cfg)
-        if model_cfg.get("fused_lora", True):
+        if model_cfg.get("fused_lora"):
             from .fused_lora import fuse_lora_layers
 
             fuse_lora_layers(model)
