@@ -44,3 +44,13 @@ def test_quickstart_with_compiled_layers_learns_too(tmp_path) -> None:
 def test_plot_without_metrics_says_what_to_do(tmp_path) -> None:
     proc = run_cli("plot", str(tmp_path))
     assert proc.returncode == 2 and "metrics.jsonl" in proc.stderr and "metrics_log" in proc.stderr
+
+
+def test_quickstart_with_the_memory_savers_learns_too(tmp_path) -> None:
+    """The 7B-in-8-GiB settings through the CLI (layer inputs and embeddings in CPU memory, the
+    fused LoRA forward) train to the same self-introduction."""
+    proc = run_cli("run", "--recipe", "quickstart", "model.gradient_checkpointing=true", "model.offload_activations=true", "model.offload_embeddings=true",
+                   "model.fused_lora=true", "train.max_steps=30", cwd=tmp_path, check=True, timeout=600)
+    assert "done: 30 steps" in proc.stdout
+    after = json.loads((tmp_path / "work_dirs" / "quickstart" / "eval" / "step-30.json").read_text())["answers"][0]["answer"]
+    assert "ftcore" in after
