@@ -1,11 +1,18 @@
 """Data-pipeline throughput on CPU: load (JSONL) + format + encode + pack, in records/s.
 
-Writes N synthetic alpaca records (instruction 20-60 words, output 30-150 words, deterministic
-under --seed) to a JSONL file, trains a byte-level BPE tokenizer (~32k vocab, the
+Writes N synthetic alpaca records (deterministic under --seed) to a JSONL file, trains a byte-level BPE tokenizer (~32k vocab, the
 ``tokenizers`` library) on part of that text, then times ``ftcore.data.pipeline.build_data``
 (the uncached pipeline: load_records -> apply_format -> encode_all -> pack) with template
 internlm2_chat, max_length 2048 and packing on. Tokenizer training and writing the file are
 not timed. The result is printed as a table and appended to benchmarks/RESULTS.md.
+
+Record sizes (``--profile``):
+- ``alpaca`` (default): the size of Stanford Alpaca's records. Instruction 6-22 words, an input in 40%
+  of records (3-20 words), output 17-85 words: 352 characters per record. From the dataset's card:
+  52,002 records take 47.8 MB with the three fields plus a "text" column that repeats them inside
+  the ~200-character prompt template, so about (47.8 MB / 52,002 - 200) / 2 = 360 characters.
+- ``long``: the first version of this benchmark. Instruction 20-60 words, input in 20% (5-30),
+  output 30-150 words: 676 characters per record, 1.9x Alpaca's.
 
     python benchmarks/data_pipeline.py                  # 100k records, best of 2 runs
     python benchmarks/data_pipeline.py --records 20000 --repeats 1 --no-record
@@ -47,7 +54,14 @@ def make_words(rng: random.Random, n: int = 30_000) -> list[str]:
     return sorted(words, key=lambda w: (len(w), rng.random()))
 
 
-def make_records(n: int, seed: int) -> list[dict[str, str]]:
+#: words per field: (instruction, input, output) ranges and the share of records with an input
+PROFILES = {
+    "alpaca": ((6, 22), (3, 20), (17, 85), 0.4),
+    "long": ((20, 60), (5, 30), (30, 150), 0.2),
+}
+
+
+def make_records(n: int, seed: int, profile: str = "alpaca") -> list[dict[str, str]]:
     rng = random.Random(seed)
     words = make_words(rng)
     # Zipf-like word frequencies: a few very common words, a long tail.
@@ -68,11 +82,12 @@ def make_records(n: int, seed: int) -> list[dict[str, str]]:
             out.append(word)
         return " ".join(out) + "."
 
+    instruction, input_, output, with_input = PROFILES[profile]
     records = []
     for _ in range(n):
-        record = {"instruction": text(20, 60), "input": "", "output": text(30, 150)}
-        if rng.random() < 0.2:
-            record["input"] = text(5, 30)
+        record = {"instruction": text(*instruction), "input": "", "output": text(*output)}
+        if rng.random() < with_input:
+            record["input"] = text(*input_)
         records.append(record)
     return records
 
@@ -160,6 +175,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", choices=list(PROFILES), default="alpaca", help="record sizes (see the module docstring)")
     ap.add_argument("--vocab", type=int, default=32_000)
     ap.add_argument("--tokenizer-records", type=int, default=20_000, help="records the tokenizer is trained on")
     ap.add_argument("--max-length", type=int, default=2048)
@@ -176,7 +192,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftcore-bench-") as tmp:
         tmp_path = Path(tmp)
         t = time.perf_counter()
-        records = make_records(args.records, args.seed)
+        records = make_records(args.records, args.seed, args.profile)
+        chars = sum(len(r["instruction"]) + len(r["input"]) + len(r["output"]) for r in records)
         path = tmp_path / "alpaca.jsonl"
         with open(path, "w", encoding="utf-8") as fh:
             for r in records:
@@ -185,7 +202,7 @@ def main() -> None:
         corpus = [r["instruction"] + "\n" + r["input"] + "\n" + r["output"] for r in records[: args.tokenizer_records]]
         del records
         tokenizer, train_s = make_tokenizer(corpus, args.vocab, tmp_path / "tok")
-        print(f"data: {args.records} records, {path.stat().st_size / 1e6:.1f} MB JSONL (generated in {gen_s:.1f}s)")
+        print(f"data: {args.records} records ({args.profile} sizes, {chars / args.records:.0f} characters/record), {path.stat().st_size / 1e6:.1f} MB JSONL (generated in {gen_s:.1f}s)")
         print(f"tokenizer: byte-level BPE trained with `tokenizers` on {len(corpus)} records, vocab {len(tokenizer)} ({train_s:.1f}s, not timed)")
         data_cfg = {
             "path": str(path), "format": "alpaca", "template": "internlm2_chat", "system": None, "max_length": args.max_length,
@@ -210,17 +227,17 @@ def main() -> None:
           f"trained {report.trained_tokens:,}, truncated {report.truncated}, packing efficiency {report.efficiency:.1%}")
     print(f"load average now {os.getloadavg()[0]:.2f} (other processes share these cores; CPU s is less affected)")
     verdict = "meets" if rate >= TARGET else "BELOW"
-    print(f"{rate:,.0f} records/s end to end: {verdict} the {TARGET:,} records/s target")
+    print(f"{rate:,.0f} records/s ({rate * report.tokens / args.records / 1e6:.2f}M tokens/s) end to end: {verdict} the {TARGET:,} records/s target")
     if args.no_record:
         return
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
     stage_text = ", ".join(f"{n} {w:.2f}s" for n, (w, _) in stages.items())
     entry = (
-        f"\n## data_pipeline, {datetime.date.today().isoformat()}: {rate:,.0f} records/s\n\n"
+        f"\n## data_pipeline ({args.profile} records), {datetime.date.today().isoformat()}: {rate:,.0f} records/s\n\n"
         f"- command: `{command}`\n"
         f"- machine: {start_machine}\n"
         f"- versions: {versions()}\n"
-        f"- workload: {args.records} alpaca records, byte-level BPE vocab {len(tokenizer)} (trained with `tokenizers`), "
+        f"- workload: {args.records} alpaca records ({args.profile} sizes, {chars / args.records:.0f} characters/record), byte-level BPE vocab {len(tokenizer)} (trained with `tokenizers`), "
         f"internlm2_chat, max_length {args.max_length}, pack on; {report.tokens / args.records:.0f} tokens/record, efficiency {report.efficiency:.1%}\n"
         f"- end to end {best:.2f}s wall, {best_cpu:.2f}s CPU (best of {args.repeats}: {', '.join(f'{w:.2f}' for w, _ in runs)}); "
         f"load avg at end {os.getloadavg()[0]:.2f}; stages (wall): {stage_text}\n"

@@ -36,8 +36,26 @@ _Piece = tuple[str | int, bool]
 # --------------------------------------------------------------------------- checks
 
 
+#: role sequences of a valid single exchange, the shape almost every record has
+_ONE_EXCHANGE = {("user", "assistant"), ("system", "user", "assistant")}
+
+
+def _is_one_exchange(messages: Any) -> bool:
+    """A cheap yes for the common valid record: [system,] user, assistant with string contents."""
+    try:
+        return (
+            tuple(m["role"] for m in messages) in _ONE_EXCHANGE
+            and all(type(m["content"]) is str for m in messages)
+            and type(messages[-1].get("loss", True)) is bool
+        )
+    except (TypeError, KeyError, AttributeError):
+        return False
+
+
 def _check_messages(messages: Any, *, need_answer: bool) -> list[Message]:
     """Validate a conversation's shape; raise :class:`RecordError` saying what is wrong."""
+    if need_answer and type(messages) is list and _is_one_exchange(messages):
+        return messages
     if not isinstance(messages, list) or not messages:
         raise RecordError("the conversation is empty (messages must be a non-empty list)", "messages")
     for i, msg in enumerate(messages):
