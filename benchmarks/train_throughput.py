@@ -14,7 +14,8 @@ layer torch.compile'd), ``liger`` (Liger-kernel RMSNorm/RoPE/SwiGLU patched in, 
 ``rows`` (padded rows instead of one flat row per micro batch), ``nodrop`` (LoRA dropout 0),
 ``mbN`` (micro batch N), ``offload`` (model.offload_activations: checkpointed layer inputs in CPU memory),
 ``cpuemb`` (model.offload_embeddings: the frozen embedding table in CPU memory), ``fused`` (model.fused_lora: the
-LoRA product added into the base output in place instead of peft's clone + scale + add).
+LoRA product added into the base output in place instead of peft's clone + scale + add), ``gaN`` (ftcore cases: an
+optimizer step every N micro batches, as ``train.grad_accum=N``; otherwise every micro batch).
 
 MFU counts 4 * N_matmul FLOPs per token for adapter training (forward 2N, backward through
 activations 2N) and 6 * N_matmul for full fine-tunes; attention FLOPs are left out.
@@ -296,10 +297,13 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             lsum, _ = loss_sum(model, batch)
         (lsum / n).backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        micro[0] += 1
+        if micro[0] % accum == 0:  # an optimizer step every `accum` micro batches (+gaN), as train.grad_accum does
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
+    micro, accum = [0], next((int(m[2:]) for m in args.mods if m.startswith("ga")), 1)
     return model, step
 
 
