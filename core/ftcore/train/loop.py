@@ -78,7 +78,7 @@ def total_steps(train_cfg: dict[str, Any], schedule: Schedule) -> int:
     return max(1, math.ceil(train_cfg["epochs"] * schedule.per_epoch / train_cfg["grad_accum"]))
 
 
-def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     """Sum of next-token cross-entropy over trained tokens, and how many tokens were trained
     (a 0-d tensor on the batch's device: reading it waits for the device, so callers that know
     the count already do not)."""
@@ -113,8 +113,11 @@ def to_device(batch: dict[str, Any], device: Any, keep: tuple[str, ...] = ()) ->
     import torch
 
     pin = device.type == "cuda"
-    return {k: (v.pin_memory() if pin and v.device.type == "cpu" else v).to(device, non_blocking=pin) if isinstance(v, torch.Tensor) and k not in keep else v
-            for k, v in batch.items()}
+    moved = dict(batch)
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and k not in keep:
+            moved[k] = (v.pin_memory() if pin and v.device.type == "cpu" else v).to(device, non_blocking=pin)
+    return moved
 
 
 class StopRequested:
