@@ -101,3 +101,20 @@ def test_offloaded_embeddings_refuse_what_they_cannot_do(tiny_llama) -> None:
     with pytest.raises(FtcoreError, match="this run trains them") as err:
         _prepared(tiny_llama, adapter_kind="full", offload_embeddings=True)
     assert err.value.where == "model.offload_embeddings"
+
+
+def test_offloaded_embeddings_refuse_tied_embeddings(tiny_llama) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftcore.errors import FtcoreError
+    from ftcore.models.offload import offload_embeddings
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    model.get_output_embeddings().weight = model.get_input_embeddings().weight  # tied, as small models ship
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(FtcoreError, match="tied to the LM head") as err:
+        offload_embeddings(model)
+    assert err.value.where == "model.offload_embeddings"
+    assert model.get_input_embeddings().weight.device.type == "cpu" and not hasattr(model.get_input_embeddings(), "_ftcore_device")
