@@ -290,6 +290,7 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
     model = prepare_for_training(model, recipe["model"], recipe["adapter"])
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe["train"])
+    micro, accum = [0], next((int(m[2:]) for m in args.mods if m.startswith("ga")), 1)
 
     def step(batch):
         n = int((batch["labels"][:, 1:] != IGNORE).sum())  # on the CPU copy: no device sync
@@ -303,7 +304,6 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    micro, accum = [0], next((int(m[2:]) for m in args.mods if m.startswith("ga")), 1)
     return model, step
 
 
