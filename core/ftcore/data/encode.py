@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import FtcoreError
 from .formats import Message, RecordError
-from .pack import IGNORE as IGNORE_INDEX, Encoded
+from .pack import IGNORE as IGNORE_INDEX, Encoded, offsets
 from .template import PromptTemplate
 
 ROLES = ("system", "user", "assistant")
@@ -390,8 +390,7 @@ def assemble(plan: BatchPlan, encoded: list[list[int]], max_length: int) -> Enco
     if max_length < 1:
         raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
     text_len = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    text_start = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum(text_len, out=text_start[1:])
+    text_start = offsets(text_len)
     is_text = plan.text_of >= 0
     literal = plan.token[~is_text]
     source = np.concatenate([np.fromiter(chain.from_iterable(encoded), dtype=np.int64, count=int(text_start[-1])), literal])
@@ -400,12 +399,12 @@ def assemble(plan: BatchPlan, encoded: list[list[int]], max_length: int) -> Enco
     piece_src = np.empty(len(plan.text_of), dtype=np.int64)
     piece_src[is_text] = text_start[plan.text_of[is_text]]
     piece_src[~is_text] = text_start[-1] + np.arange(len(literal))
-    piece_out = np.cumsum(piece_len) - piece_len
+    piece_out = offsets(piece_len)[:-1]
     total = int(piece_len.sum())
     ids = source[np.repeat(piece_src - piece_out, piece_len) + np.arange(total)]
     token_trained = np.repeat(plan.trained, piece_len)
     sample_len = np.bincount(plan.owner, weights=piece_len, minlength=plan.num_samples).astype(np.int64)
-    sample_start = np.cumsum(sample_len) - sample_len
+    sample_start = offsets(sample_len)[:-1]
     kept_len = np.minimum(sample_len, max_length)
     token_owner = np.repeat(np.arange(plan.num_samples), sample_len)
     in_length = np.arange(total) - sample_start[token_owner] < max_length

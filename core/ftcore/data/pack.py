@@ -80,14 +80,11 @@ class PackedData:
         return cls(**arrays, max_length=int((folder / "max_length").read_text()), extras=extras)
 
 
-def _reorder(lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Token indices that lay samples (``lengths`` long, end to end) out in ``order`` instead."""
-    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    picked = lengths[order]
-    out_starts = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(picked, out=out_starts[1:])
-    return np.repeat(starts[order] - out_starts[:-1], picked) + np.arange(out_starts[-1], dtype=np.int64)
+def offsets(lengths: np.ndarray) -> np.ndarray:
+    """Where each of the items (``lengths`` long, end to end) starts, and after them the total."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
 
 
 @dataclass
@@ -171,16 +168,14 @@ def pack(
     if packed:
         row_of = _best_fit(samples.lengths[order], max_length)
         order = order[np.argsort(row_of, kind="stable")]
-        _, counts = np.unique(row_of, return_counts=True)
-        rows = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=rows[1:])
+        rows = offsets(np.unique(row_of, return_counts=True)[1])
     else:
         rows = np.arange(n + 1, dtype=np.int64)
     lengths = samples.lengths[order]
-    picks = _reorder(samples.lengths, order)
+    starts = offsets(lengths)
+    # token indices that lay the samples out in the new order
+    picks = np.repeat(offsets(samples.lengths)[order] - starts[:-1], lengths) + np.arange(starts[-1], dtype=np.int64)
     tokens, labs = samples.tokens[picks].astype(np.int32), samples.labels[picks].astype(np.int32)
-    starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
     # A sample's first token is never predicted from inside the sample; masking it keeps
     # the shifted loss from crossing into the previous sample of a packed row.
     labs[starts[:-1][lengths > 0]] = IGNORE

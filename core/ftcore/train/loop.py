@@ -86,10 +86,9 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     import torch.nn.functional as F
 
     from ..models.loss_head import find_loss_head
-
-    labels = batch["labels"]
     from ..models.varlen import attach_boundaries
 
+    labels = batch["labels"]
     inputs = attach_boundaries({k: v for k, v in batch.items() if k != "labels" and isinstance(v, (torch.Tensor, int))})
     shift_labels = labels[:, 1:]
     n = (shift_labels != IGNORE).sum()
