@@ -15,7 +15,10 @@ layer torch.compile'd), ``liger`` (Liger-kernel RMSNorm/RoPE/SwiGLU patched in, 
 ``mbN`` (micro batch N), ``offload`` (model.offload_activations: checkpointed layer inputs in CPU memory),
 ``cpuemb`` (model.offload_embeddings: the frozen embedding table in CPU memory), ``fused`` (model.fused_lora: the
 LoRA product added into the base output in place instead of peft's clone + scale + add), ``gaN`` (ftcore cases: an
-optimizer step every N micro batches, as ``train.grad_accum=N``; otherwise every micro batch).
+optimizer step every N micro batches, as ``train.grad_accum=N``; otherwise every micro batch). Levers that are always
+on in ftcore can be turned off to measure them: ``noskip`` (offloaded replays compute down_proj's frozen GEMM
+again), ``headrecompute`` (the frozen loss head recomputes each chunk's logits in backward, as a trained head does),
+``gpulabels`` (labels go to the GPU, and the loss head finds the trained positions there).
 
 MFU counts 4 * N_matmul FLOPs per token for adapter training (forward 2N, backward through
 activations 2N) and 6 * N_matmul for full fine-tunes; attention FLOPs are left out.
@@ -289,12 +292,23 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
 
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
     model = prepare_for_training(model, recipe["model"], recipe["adapter"])
+    if "noskip" in args.mods:
+        for m in model.modules():
+            if hasattr(m, "_ftcore_forward"):
+                m.forward = m._ftcore_forward
+    if "headrecompute" in args.mods:
+        from torch.utils.checkpoint import checkpoint
+
+        from ftcore.models import loss_head
+
+        loss_head._FrozenHeadChunkLoss.apply = lambda *a: checkpoint(loss_head._chunk_loss, *a, use_reentrant=False)
+    keep = tuple(k for k in cpu_inputs(model) if k != "labels" or "gpulabels" not in args.mods)
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe["train"])
     micro, accum = [0], next((int(m[2:]) for m in args.mods if m.startswith("ga")), 1)
 
     def step(batch):
         n = int((batch["labels"][:, 1:] != IGNORE).sum())  # on the CPU copy: no device sync
-        batch = to_device(batch, device, keep=cpu_inputs(model))  # as the trainer does: pinned, no sync
+        batch = to_device(batch, device, keep=keep)  # as the trainer does: pinned, no sync
         with torch.autocast("cuda", dtype=torch.bfloat16):
             lsum, _ = loss_sum(model, batch)
         (lsum / n).backward()

@@ -179,3 +179,39 @@ def test_best_fit_fills_rows_almost_completely() -> None:
     packed = pack(Encoded.from_lists(ids, ids), 2048, seed=1)
     assert packed.num_samples == 5000 and (packed.row_lengths() <= 2048).all()
     assert packed.efficiency() >= 0.98
+
+
+def test_frozen_loss_head_gradients_computed_in_forward_equal_plain_cross_entropy(tiny_llama) -> None:
+    """A frozen head (adapter training) takes each chunk's input gradient in forward, without the
+    recomputation in backward: loss and every gradient equal those of the full-logits loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftcore.models import loss_head
+    from ftcore.train.loop import loss_sum
+
+    ids, labels = samples(4, seed=5, max_len=40)
+    packed = pack(Encoded.from_lists(ids, labels), 64, shuffle=False)
+    batch = collate_rows([packed.row(r) for r in range(len(packed))], pad_id=0)
+    results = []
+    for chunked in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+        if chunked:
+            assert loss_head.install_loss_head(model, chunk=16)
+        model.get_output_embeddings().weight.requires_grad_(False)
+        recomputed = []
+        original = loss_head._chunk_loss
+        loss_head._chunk_loss = lambda *a: recomputed.append(1) or original(*a)
+        try:
+            loss, n = loss_sum(model, batch)
+            loss.backward()
+        finally:
+            loss_head._chunk_loss = original
+        assert not recomputed  # neither the forward nor the backward went through the recomputed chunks
+        results.append((float(loss), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}))
+    (plain, plain_grads), (chunked_loss, chunked_grads) = results
+    assert abs(chunked_loss - plain) / plain < 1e-6
+    assert plain_grads.keys() == chunked_grads.keys() and plain_grads
+    for k, g in plain_grads.items():
+        assert float((chunked_grads[k] - g).norm() / g.norm().clamp_min(1e-12)) < 1e-5, k

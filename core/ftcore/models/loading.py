@@ -136,6 +136,10 @@ def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dic
             from .fused_lora import fuse_lora_layers
 
             fuse_lora_layers(model)
+    if model_cfg.get("offload_activations"):  # ftcore's own checkpoint marks its replays
+        from .replay import skip_in_replay
+
+        skip_in_replay(model)
     if model_cfg.get("offload_embeddings"):
         from .offload import offload_embeddings
 

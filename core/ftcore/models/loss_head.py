@@ -21,13 +21,38 @@ def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tenso
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+class _FrozenHeadChunkLoss(torch.autograd.Function):
+    """One chunk's summed cross-entropy through a frozen head, with the gradient of ``hidden``
+    computed in forward while the logits exist (softmax minus one-hot, times the weight): the
+    backward only scales it, so the logits are never recomputed and nothing tokens x vocab is kept."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        logits = F.linear(hidden, weight, bias)
+        dtype = logits.dtype
+        logits = logits.float()
+        lse = torch.logsumexp(logits, dim=-1)
+        loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+        grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+        grad[torch.arange(targets.numel(), device=grad.device), targets] -= 1
+        ctx.save_for_backward(torch.matmul(grad.to(dtype), weight.to(dtype)).to(hidden.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[Any, ...]:
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None, None
+
+
 class LossHead(nn.Module):
     """Drop-in replacement for a causal LM's output ``nn.Linear``.
 
     Normally it is that linear layer (generation is unchanged). While ``targets`` holds the
-    batch's labels it instead returns the summed next-token cross-entropy, computed only at
-    trained positions and ``chunk`` tokens at a time, each chunk recomputed in backward, so
-    the full ``tokens x vocab`` logits (and their fp32 copy) never exist at once. It runs
+    batch's labels (on any device) it instead returns the summed next-token cross-entropy,
+    computed only at trained positions and ``chunk`` tokens at a time, so the full
+    ``tokens x vocab`` logits (and their fp32 copy) never exist at once. A frozen head
+    (adapters) computes each chunk's input gradient in forward; a trained one recomputes the
+    chunk in backward. It runs
     inside the model's forward, so DDP and ZeRO-3 see the weight used as usual.
     """
 
@@ -44,14 +69,22 @@ class LossHead(nn.Module):
         if self.targets is None:
             return F.linear(hidden, self.weight, self.bias)
         y = self.targets[:, 1:].reshape(-1)
-        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-        keep = (y != IGNORE).nonzero().squeeze(1)
-        h, y = h.index_select(0, keep), y.index_select(0, keep)
+        keep = (y != IGNORE).nonzero().squeeze(1)  # targets in CPU memory (see cpu_inputs): no device sync
+        y = y.index_select(0, keep)
+        if keep.device != hidden.device:
+            pin = hidden.device.type == "cuda"
+            keep, y = ((t.pin_memory() if pin else t).to(hidden.device, non_blocking=pin) for t in (keep, y))
+        h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, keep)
         total = hidden.new_zeros((), dtype=torch.float32)
-        recompute = torch.is_grad_enabled() and not hasattr(self.weight, "ds_id")  # ZeRO-3 params live only in forward
+        grad = torch.is_grad_enabled()
+        frozen = grad and hidden.requires_grad and not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
+        recompute = grad and not hasattr(self.weight, "ds_id")  # ZeRO-3 params live only in forward
         for s in range(0, y.numel(), self.chunk):
             args = (h[s : s + self.chunk], y[s : s + self.chunk], self.weight, self.bias)
-            total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if recompute else _chunk_loss(*args))
+            if frozen:
+                total = total + _FrozenHeadChunkLoss.apply(*args)
+            else:
+                total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if recompute else _chunk_loss(*args))
         return total
 
 

@@ -9,6 +9,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .replay import replaying
+
 
 class _CpuCopy:
     """One layer input in pinned CPU memory. On a GPU the copies run on a side stream: out while
@@ -71,7 +73,8 @@ class _OffloadedCheckpoint(torch.autograd.Function):
 
     Backward brings the input back, replays the layer with the same random state (dropout
     masks) and autocast settings, and back-propagates through the replay: the gradient of
-    the layer's parameters accumulates there, the input's gradient is returned.
+    the layer's parameters accumulates there, the input's gradient is returned. The replay's
+    output is never read, so projections that only feed it skip their GEMM (see ``replay``).
     """
 
     @staticmethod
@@ -93,7 +96,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
             if ctx.cuda_rng is not None:
                 torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             enabled, dtype = ctx.autocast
-            with torch.enable_grad(), torch.autocast(ctx.device.type, dtype=dtype, enabled=enabled):
+            with torch.enable_grad(), torch.autocast(ctx.device.type, dtype=dtype, enabled=enabled), replaying():
                 outs = ctx.run(hidden)
         pairs = [(o, g) for o, g in zip(outs, grads) if isinstance(o, torch.Tensor) and o.requires_grad and g is not None]
         torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
@@ -163,5 +166,10 @@ def offload_embeddings(model: Any) -> None:
 
 
 def cpu_inputs(model: Any) -> tuple[str, ...]:
-    """Batch keys the model wants to receive in CPU memory (``input_ids`` when its embeddings are offloaded)."""
-    return tuple(getattr(model, "ftcore_cpu_inputs", ()))
+    """Batch keys the model wants to receive in CPU memory: ``input_ids`` when its embeddings are
+    offloaded, ``labels`` when its loss head computes the loss (it finds the trained positions
+    there without waiting for the GPU, and sends only those)."""
+    from .loss_head import find_loss_head
+
+    keys = tuple(getattr(model, "ftcore_cpu_inputs", ()))
+    return keys + ("labels",) if find_loss_head(model) is not None else keys

@@ -80,8 +80,8 @@ def total_steps(train_cfg: dict[str, Any], schedule: Schedule) -> int:
 
 def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     """Sum of next-token cross-entropy over trained tokens, and how many tokens were trained
-    (a 0-d tensor on the batch's device: reading it waits for the device, so callers that know
-    the count already do not)."""
+    (a 0-d tensor on the labels' device: reading it from a GPU waits for the device, so callers
+    that know the count already do not). The labels may stay in CPU memory (see ``cpu_inputs``)."""
     import torch
     import torch.nn.functional as F
 
@@ -100,6 +100,7 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         finally:
             head.targets = None
     logits = model(**inputs, use_cache=False).logits
+    shift_labels = shift_labels.to(logits.device)
     loss = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
