@@ -52,8 +52,8 @@ class LossHead(nn.Module):
     computed only at trained positions and ``chunk`` tokens at a time, so the full
     ``tokens x vocab`` logits (and their fp32 copy) never exist at once. A frozen head
     (adapters) computes each chunk's input gradient in forward; a trained one recomputes the
-    chunk in backward. It runs
-    inside the model's forward, so DDP and ZeRO-3 see the weight used as usual.
+    chunk in backward. It runs inside the model's forward, so DDP and ZeRO-3 see the weight
+    used as usual.
     """
 
     def __init__(self, linear: nn.Linear, chunk: int | None = None) -> None:

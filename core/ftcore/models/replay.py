@@ -55,9 +55,9 @@ class _BackwardOnly(torch.autograd.Function):
 def _skippable_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     if not _replaying or args or kwargs or self.weight.requires_grad or not torch.is_grad_enabled():
         return self._ftcore_forward(x, *args, **kwargs)
-    if isinstance(self, torch.nn.Linear) and torch.is_autocast_enabled(x.device.type):
+    if type(self) is torch.nn.Linear and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
-    else:  # bitsandbytes returns the input's dtype; a plain linear without autocast too
+    else:  # bitsandbytes' 4-bit linear returns the input's dtype; a plain linear without autocast too
         dtype = x.dtype
     return _BackwardOnly.apply(x, self.weight, self.out_features, dtype)
 
