@@ -1,4 +1,4 @@
-"""Helpers for tests: running the real CLI in a subprocess with a clean environment."""
+"""Helpers for tests: running the real CLI in a subprocess with a clean environment; one LoRA training step on a tiny model."""
 
 from __future__ import annotations
 
@@ -35,3 +35,41 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     if check and proc.returncode != 0:
         raise AssertionError(f"ftcore {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def lora_model(path: Path, quantization: str = "none", dropout: float = 0.3, **model_cfg):
+    """A LoRA (r=8) model of the checkpoint at ``path``, prepared for training on the CPU in fp32
+    exactly as ``ftcore run`` prepares it; ``model_cfg`` overrides ``model.*`` options."""
+    import pytest
+    import torch
+
+    from ftcore.models.hf import HFBuilder
+    from ftcore.models.loading import load_base_model, prepare_for_training
+
+    if quantization != "none":
+        pytest.importorskip("bitsandbytes")
+    cfg = {"path": str(path), "quantization": quantization, "double_quant": True, "dtype": "fp32", "trust_remote_code": False,
+           "attn_implementation": "sdpa", "gradient_checkpointing": True, "offload_activations": False, "chunked_loss": True,
+           "fused_lora": False, "compile": False, **model_cfg}
+    adapter = {"kind": "lora", "r": 8, "alpha": 16, "dropout": dropout, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
+    torch.manual_seed(0)
+    return prepare_for_training(load_base_model(cfg, HFBuilder(), torch.device("cpu"), "fp32"), cfg, adapter)
+
+
+def adapter_step(model) -> tuple[float, dict]:
+    """One forward/backward of a LoRA model on a fixed batch with seeded dropout masks, every
+    adapter path live (B starts at zero, so it is drawn at random); returns the loss and the
+    adapter gradients."""
+    import torch
+
+    from ftcore.train.loop import loss_sum
+
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    ids = torch.randint(3, 200, (1, 64), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(64)[None]}
+    torch.manual_seed(2)  # the dropout masks
+    loss, _ = loss_sum(model, batch)
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import pytest
+from helpers import adapter_step, lora_model
 
 
 def _train_step(tiny_llama, quantization: str, fused: bool, monkeypatch) -> tuple[float, dict, int]:
     """One forward/backward of a LoRA model (dropout on, every adapter path live); returns the
     loss, the adapter gradients and how many times peft's own forward ran."""
-    import torch
-
-    from ftcore.models import fused_lora
-    from ftcore.models.hf import HFBuilder
-    from ftcore.models.loading import load_base_model, prepare_for_training
-
-    if quantization != "none":
-        pytest.importorskip("bitsandbytes")
-    cfg = {"path": str(tiny_llama), "quantization": quantization, "double_quant": True, "dtype": "fp32", "trust_remote_code": False,
-           "attn_implementation": "sdpa", "gradient_checkpointing": True, "offload_activations": False, "chunked_loss": True,
-           "fused_lora": fused, "compile": False}
-    adapter = {"kind": "lora", "r": 8, "alpha": 16, "dropout": 0.3, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
-    torch.manual_seed(0)
-    model = prepare_for_training(load_base_model(cfg, HFBuilder(), torch.device("cpu"), "fp32"), cfg, adapter)
+    model = lora_model(tiny_llama, quantization, fused_lora=fused)
     peft_calls = []
     for module in model.modules():
         if hasattr(module, "_ftcore_peft_forward"):
             original = module._ftcore_peft_forward
             module._ftcore_peft_forward = lambda *a, _f=original, **k: peft_calls.append(1) or _f(*a, **k)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.1)  # B starts at zero; make every adapter carry gradient
-    from ftcore.train.loop import loss_sum
-
-    ids = torch.randint(3, 200, (1, 64), generator=torch.Generator().manual_seed(1))
-    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(64)[None]}
-    torch.manual_seed(2)  # the dropout masks
-    loss, _ = loss_sum(model, batch)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return float(loss), grads, len(peft_calls)
+    loss, grads = adapter_step(model)
+    return loss, grads, len(peft_calls)
 
 
 @pytest.mark.parametrize("quantization", ["none", "nf4"])

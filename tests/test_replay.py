@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from helpers import adapter_step, lora_model
 
 
 def _step(tiny_llama, quantization: str, skip: bool, fused: bool = False, compile: bool = False, dropout: float = 0.3) -> tuple[float, dict, dict]:
-    """One forward/backward with offloaded checkpoints (every adapter live); returns the
-    loss, the adapter gradients and how often each layer's down/gate projection really computed."""
-    import torch
-
-    from ftcore.models.hf import HFBuilder
-    from ftcore.models.loading import load_base_model, prepare_for_training
-    from ftcore.train.loop import loss_sum
-
-    if quantization != "none":
-        pytest.importorskip("bitsandbytes")
-    cfg = {"path": str(tiny_llama), "quantization": quantization, "double_quant": True, "dtype": "fp32", "trust_remote_code": False,
-           "attn_implementation": "sdpa", "gradient_checkpointing": True, "offload_activations": True, "chunked_loss": True,
-           "fused_lora": fused, "compile": compile}
-    adapter = {"kind": "lora", "r": 8, "alpha": 16, "dropout": dropout, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
-    torch.manual_seed(0)
-    model = prepare_for_training(load_base_model(cfg, HFBuilder(), torch.device("cpu"), "fp32"), cfg, adapter)
+    """One forward/backward with offloaded checkpoints (every adapter live); returns the loss, the
+    adapter gradients and how often each layer's down/gate projection really computed."""
+    model = lora_model(tiny_llama, quantization, dropout, offload_activations=True, fused_lora=fused, compile=compile)
     calls = {"down_proj": 0, "gate_proj": 0}
     for name, module in model.named_modules():
         kind = name.split(".")[-2] if name.endswith("base_layer") else None
@@ -34,16 +22,8 @@ def _step(tiny_llama, quantization: str, skip: bool, fused: bool = False, compil
                     module.forward = counted
             else:
                 module.forward = counted
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.1)
-    ids = torch.randint(3, 200, (1, 64), generator=torch.Generator().manual_seed(1))
-    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(64)[None]}
-    torch.manual_seed(2)  # the dropout masks
-    loss, _ = loss_sum(model, batch)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return float(loss), grads, calls
+    loss, grads = adapter_step(model)
+    return loss, grads, calls
 
 
 @pytest.mark.parametrize("quantization,fused", [("none", False), ("none", True), ("nf4", False), ("nf4", True)])
