@@ -75,16 +75,16 @@ class LossHead(nn.Module):
             pin = hidden.device.type == "cuda"
             keep, y = ((t.pin_memory() if pin else t).to(hidden.device, non_blocking=pin) for t in (keep, y))
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, keep)
-        total = hidden.new_zeros((), dtype=torch.float32)
         grad = torch.is_grad_enabled()
-        frozen = grad and hidden.requires_grad and not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
-        recompute = grad and not hasattr(self.weight, "ds_id")  # ZeRO-3 params live only in forward
+        if grad and hidden.requires_grad and not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad):
+            chunk_loss: Any = _FrozenHeadChunkLoss.apply
+        elif grad and not hasattr(self.weight, "ds_id"):  # recompute in backward (ZeRO-3 params live only in forward)
+            chunk_loss = lambda *args: checkpoint(_chunk_loss, *args, use_reentrant=False)  # noqa: E731
+        else:
+            chunk_loss = _chunk_loss
+        total = hidden.new_zeros((), dtype=torch.float32)
         for s in range(0, y.numel(), self.chunk):
-            args = (h[s : s + self.chunk], y[s : s + self.chunk], self.weight, self.bias)
-            if frozen:
-                total = total + _FrozenHeadChunkLoss.apply(*args)
-            else:
-                total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if recompute else _chunk_loss(*args))
+            total = total + chunk_loss(h[s : s + self.chunk], y[s : s + self.chunk], self.weight, self.bias)
         return total
 
 
