@@ -19,7 +19,13 @@ REQUIRED = object()
 
 @dataclass(frozen=True)
 class Field:
-    """One recipe key: accepted types, default, help text, allowed values, registry it names."""
+    """One recipe key: accepted types, default, help text, and what values are valid.
+
+    Numbers take bounds (``ge``/``gt``/``le``/``lt``, as pydantic names them) and
+    ``multiple_of``; strings ``choices``, a ``pattern`` (whole match) or the ``registry``
+    whose part they name; lists an ``items`` field for every element and a length range;
+    mappings a ``keys`` schema. Validation reports every value outside them.
+    """
 
     types: tuple[type, ...]
     default: Any = None
@@ -27,10 +33,47 @@ class Field:
     choices: tuple[Any, ...] | None = None
     registry: str | None = None
     nullable: bool = True
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    multiple_of: int | None = None
+    pattern: str | None = None
+    items: "Field | None" = None
+    min_len: int | None = None
+    max_len: int | None = None
+    keys: "dict[str, Field] | None" = None
+    #: a file or folder path: checkpoints record it resolved, so they work from any directory
+    is_path: bool = False
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    def range_text(self) -> str:
+        """The valid range in words, e.g. ``>= 0 and < 1``."""
+        bounds = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if v is not None]
+        return " and ".join(bounds)
+
+    def value_problem(self, value: Any) -> str | None:
+        """Why ``value`` (already of an accepted type) is not valid here, or None."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or value in (float("inf"), float("-inf")):
+                return f"must be a finite number, got {value!r}"
+            if (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt) or \
+               (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt):
+                return f"must be {self.range_text()}, got {value!r}"
+            if self.multiple_of and value % self.multiple_of:
+                return f"must be a multiple of {self.multiple_of}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+        if self.pattern and isinstance(value, str) and not re.fullmatch(self.pattern, value):
+            return f"{value!r} is not valid here"
+        if isinstance(value, list):
+            if self.min_len is not None and len(value) < self.min_len or self.max_len is not None and len(value) > self.max_len:
+                size = f"exactly {self.min_len}" if self.min_len == self.max_len else f"{self.min_len or 0} to {self.max_len if self.max_len is not None else 'any number of'}"
+                return f"must have {size} item(s), got {len(value)}"
+        return None
 
 
 def F(types: type | tuple[type, ...], default: Any = None, help: str = "", **kw: Any) -> Field:
@@ -39,17 +82,19 @@ def F(types: type | tuple[type, ...], default: Any = None, help: str = "", **kw:
 
 NUM = (int, float)
 STR_OR_LIST = (str, list)
+#: a non-empty name or path (an element of a list of them)
+NAME = Field((str,), None, "a non-empty name", nullable=False, pattern=r"(?s).*\S.*")
 
 #: The core schema: section -> key -> Field. Builders, strategies and hooks add their own options.
 SCHEMA: dict[str, Any] = {
     "name": F(str, None, "recipe name (set from the registry name or file name)"),
     "description": F(str, "", "one line saying what the recipe does"),
     "extends": F(str, None, "a registered recipe name or a YAML file this recipe builds on"),
-    "work_dir": F(str, None, "where checkpoints and logs go (default ./work_dirs/<name>)"),
+    "work_dir": F(str, None, "where checkpoints and logs go (default ./work_dirs/<name>)", is_path=True),
     "distributed": F(bool, True, "whether the recipe may run on several processes"),
     "model": {
         "builder": F(str, REQUIRED, "model builder name", registry="models", nullable=False),
-        "path": F(str, REQUIRED, "local folder of the base model (a Hugging Face checkpoint)", nullable=False),
+        "path": F(str, REQUIRED, "local folder of the base model (a Hugging Face checkpoint)", nullable=False, is_path=True),
         "quantization": F(str, "none", "load the base quantized", choices=("none", "nf4", "fp4", "int8")),
         "double_quant": F(bool, True, "nested quantisation of the NF4 constants"),
         "dtype": F(str, "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
@@ -58,52 +103,52 @@ SCHEMA: dict[str, Any] = {
         "offload_activations": F(bool, False, "with gradient checkpointing: keep each layer's input in CPU memory too (very long samples)"),
         "offload_embeddings": F(bool, False, "keep the frozen input embeddings in CPU memory (adapters; 0.7 GiB less GPU memory on a 7B model)"),
         "attn_implementation": F(str, "auto", "attention kernel: auto (ftcore_varlen: packed samples attend only to themselves), sdpa, eager, flex_attention, ..."),
-        "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path"),
+        "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path", is_path=True),
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
         "fused_lora": F(bool, False, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile)"),
         "compile": F(bool, False, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile)"),
     },
     "adapter": {
         "kind": F(str, "lora", "lora, qlora (4-bit base + LoRA), or full", choices=("lora", "qlora", "full")),
-        "r": F(int, 64, "LoRA rank"),
-        "alpha": F(float, 16, "LoRA alpha"),
-        "dropout": F(float, 0.1, "LoRA dropout"),
-        "targets": F(STR_OR_LIST, "all-linear", "'all-linear' (never the LM head) or module names"),
-        "modules_to_save": F(list, None, "modules trained fully next to the adapter"),
+        "r": F(int, 64, "LoRA rank", ge=1),
+        "alpha": F(float, 16, "LoRA alpha", gt=0),
+        "dropout": F(float, 0.1, "LoRA dropout (a probability)", ge=0, lt=1),
+        "targets": F(STR_OR_LIST, "all-linear", "'all-linear' (never the LM head) or module names", items=NAME, min_len=1, pattern=NAME.pattern),
+        "modules_to_save": F(list, None, "modules trained fully next to the adapter", items=NAME),
         "bias": F(str, "none", "train biases", choices=("none", "all", "lora_only")),
     },
     "data": {
-        "path": F(STR_OR_LIST, REQUIRED, "training file(s): json, jsonl, csv, parquet, xlsx or a save_to_disk folder", nullable=False),
+        "path": F(STR_OR_LIST, REQUIRED, "training file(s): json, jsonl, csv, parquet, xlsx or a save_to_disk folder", nullable=False, items=NAME, min_len=1, pattern=NAME.pattern, is_path=True),
         "format": F(str, "auto", "dataset format name, or auto to detect it", registry="formats"),
         "template": F(str, None, "chat template name (none for pretrain data)", registry="templates"),
         "system": F(str, None, "system prompt added to every sample that has none"),
-        "max_length": F(int, 2048, "tokens per sample (and per packed row)"),
+        "max_length": F(int, 2048, "tokens per sample (and per packed row)", ge=2),
         "pack": F(bool, True, "pack samples into rows of max_length; attention stays inside each sample"),
         "shuffle": F(bool, True, "shuffle samples (before packing)"),
-        "max_samples": F(int, None, "use at most this many records"),
+        "max_samples": F(int, None, "use at most this many records", ge=1),
         "on_error": F(str, "raise", "what to do with a bad record", choices=("raise", "skip")),
         "cache": F(bool, True, "cache processed data on disk"),
-        "cache_dir": F(str, None, "where processed data is cached (default ~/.cache/ftcore/data)"),
+        "cache_dir": F(str, None, "where processed data is cached (default ~/.cache/ftcore/data)", is_path=True),
     },
     "train": {
-        "epochs": F(NUM, 1, "passes over the data (ignored when max_steps is set)"),
-        "max_steps": F(int, None, "optimizer steps to run"),
-        "lr": F(float, 2e-4, "peak learning rate"),
+        "epochs": F(NUM, 1, "passes over the data (ignored when max_steps is set)", gt=0),
+        "max_steps": F(int, None, "optimizer steps to run", ge=1),
+        "lr": F(float, 2e-4, "peak learning rate", gt=0, le=1),
         "schedule": F(str, "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant")),
-        "warmup_ratio": F(float, 0.03, "fraction of steps spent warming up"),
-        "min_lr_ratio": F(float, 0.0, "final learning rate as a fraction of lr"),
-        "micro_batch": F(int, 1, "rows per forward pass per process"),
-        "grad_accum": F(int, 16, "micro batches per optimizer step"),
-        "max_grad_norm": F(float, 1.0, "gradient clipping norm (0 disables)"),
-        "weight_decay": F(float, 0.0, "AdamW weight decay"),
-        "betas": F(list, [0.9, 0.999], "AdamW betas"),
+        "warmup_ratio": F(float, 0.03, "fraction of steps spent warming up", ge=0, le=1),
+        "min_lr_ratio": F(float, 0.0, "final learning rate as a fraction of lr", ge=0, le=1),
+        "micro_batch": F(int, 1, "rows per forward pass per process", ge=1),
+        "grad_accum": F(int, 16, "micro batches per optimizer step", ge=1),
+        "max_grad_norm": F(float, 1.0, "gradient clipping norm (0 disables)", ge=0),
+        "weight_decay": F(float, 0.0, "AdamW weight decay", ge=0, le=1),
+        "betas": F(list, [0.9, 0.999], "AdamW betas [beta1, beta2], each >= 0 and < 1", items=F(float, None, "an AdamW beta", nullable=False, ge=0, lt=1), min_len=2, max_len=2),
         "optimizer": F(str, "adamw", "optimizer", choices=("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")),
         "precision": F(str, "auto", "auto (bf16 on GPUs that have it, fp16 otherwise, fp32 on CPU)", choices=("auto", "bf16", "fp16", "fp32")),
-        "seed": F(int, 42, "random seed for data order, dropout and initialisation"),
-        "save_every": F(int, 500, "save a checkpoint every N optimizer steps (0: only at the end)"),
-        "save_total_limit": F(int, 2, "keep this many checkpoints (0 keeps all)"),
-        "log_every": F(int, 1, "log every N optimizer steps"),
-        "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
+        "seed": F(int, 42, "random seed for data order, dropout and initialisation", ge=0, lt=2**32),
+        "save_every": F(int, 500, "save a checkpoint every N optimizer steps (0: only at the end)", ge=0),
+        "save_total_limit": F(int, 2, "keep this many checkpoints (0 keeps all)", ge=0),
+        "log_every": F(int, 1, "log every N optimizer steps", ge=1),
+        "device": F(str, "auto", "auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?"),
     },
     "strategy": {
         "name": F(str, "single", "how the run is spread over devices", registry="strategies"),
@@ -113,6 +158,9 @@ SCHEMA: dict[str, Any] = {
 }
 
 SECTIONS = [k for k, v in SCHEMA.items() if isinstance(v, dict)]
+
+#: Sections that also take the options of the part they name: section -> (registry, key naming the part).
+PART_OPTIONS = {"model": ("models", "builder"), "strategy": ("strategies", "name")}
 
 
 @dataclass
@@ -332,19 +380,26 @@ class _Checker:
                 node[key] = copy.deepcopy(spec.default)
                 if node[key] is None:
                     continue
-            value, err = _coerce(node[key], spec)
-            if err:
-                self.problem(path, err, spec.help)
-                continue
-            node[key] = value
-            if spec.choices and value not in spec.choices:
-                self.problem(path, f"must be one of {', '.join(map(str, spec.choices))}, got {value!r}")
-            if spec.registry and self.parts is not None and isinstance(value, str):
-                if spec.registry == "formats" and value == "auto":
-                    continue
-                registry = self.parts.kind(spec.registry)
-                if value not in registry:
-                    self.problem(path, registry.unknown_message(value))
+            node[key] = self.check_value(path, node[key], spec)
+
+    def check_value(self, path: str, value: Any, spec: Field) -> Any:
+        """``value`` coerced to ``spec``'s type; every way it breaks ``spec`` becomes a problem."""
+        value, err = _coerce(value, spec)
+        if err:
+            self.problem(path, err, spec.help)
+            return value
+        err = spec.value_problem(value)
+        if err:
+            self.problem(path, err, spec.help)
+        if isinstance(value, list) and spec.items is not None:
+            value = [self.check_value(f"{path}[{i}]", item, spec.items) for i, item in enumerate(value)]
+        if isinstance(value, dict) and spec.keys is not None:
+            self.check_mapping(value, spec.keys, f"{path}.")
+        if spec.registry and self.parts is not None and isinstance(value, str) and not (spec.registry == "formats" and value == "auto"):
+            registry = self.parts.kind(spec.registry)
+            if value not in registry:
+                self.problem(path, registry.unknown_message(value))
+        return value
 
     def options_of(self, kind: str, name: Any) -> dict[str, Field]:
         if self.parts is None or not isinstance(name, str) or name not in self.parts.kind(kind):
@@ -362,8 +417,9 @@ class _Checker:
                 self.problem(section, f"must be a mapping of keys, got {type(node).__name__}")
                 continue
             schema = dict(SCHEMA[section])
-            if section == "model":
-                schema.update(self.options_of("models", node.get("builder")))
+            if section in PART_OPTIONS:  # the chosen builder's / strategy's own options
+                kind, key = PART_OPTIONS[section]
+                schema.update(self.options_of(kind, node.get(key)))
             self.check_mapping(node, schema, f"{section}.")
         self.check_mapping(data, top, "", allowed=SECTIONS)
         if not data.get("work_dir"):
@@ -383,14 +439,8 @@ class _Checker:
                 elif isinstance(value, list):
                     data[section][key] = [v.replace("${work_dir}", data["work_dir"]) if isinstance(v, str) else v for v in value]
 
-    def created_by_hooks(self, data: dict[str, Any]) -> set[str]:
-        created: set[str] = set()
-        for entry in data["hooks"]:
-            created.update(getattr(self.parts.hooks.get(entry["name"]), "creates", ()))
-        return created
-
     def check_existing_paths(self, data: dict[str, Any]) -> None:
-        created = self.created_by_hooks(data) if self.parts is not None else set()
+        created = created_by_hooks(data, self.parts) if self.parts is not None else set()
         model_path = data["model"]["path"]
         if "model.path" not in created and not (Path(model_path).expanduser() / "config.json").is_file():
             self.problem(
@@ -423,22 +473,44 @@ class _Checker:
             self.check_mapping(entry, {"name": F(str, REQUIRED), **options}, f"{path}.")
 
     def check_consistency(self, data: dict[str, Any]) -> None:
-        model, adapter, train = data["model"], data["adapter"], data["train"]
+        model, adapter = data["model"], data["adapter"]
         if adapter.get("kind") == "qlora" and model.get("quantization") in (None, "none"):
             model["quantization"] = "nf4"
         if adapter.get("kind") == "full" and model.get("quantization") not in (None, "none"):
             self.problem("model.quantization", "a quantized base cannot be fully fine-tuned", "use adapter.kind: qlora or lora")
-        for key in ("micro_batch", "grad_accum", "max_length"):
-            section = "data" if key == "max_length" else "train"
-            value = data[section].get(key)
-            if isinstance(value, int) and value < 1:
-                self.problem(f"{section}.{key}", f"must be at least 1, got {value}")
-        steps = train.get("max_steps")
-        if isinstance(steps, int) and steps < 1:
-            self.problem("train.max_steps", f"must be at least 1, got {steps}")
-        lr = train.get("lr")
-        if isinstance(lr, (int, float)) and lr <= 0:
-            self.problem("train.lr", f"must be positive, got {lr}")
+
+
+def with_resolved_paths(recipe: Recipe, parts: Any) -> Recipe:
+    """A copy of ``recipe`` whose path keys (``Field.is_path``) are absolute, as checkpoints record it."""
+    data = copy.deepcopy(recipe.data)
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return str(Path(value).expanduser().resolve()) if isinstance(value, str) and value else value
+
+    for key, spec in SCHEMA.items():
+        if isinstance(spec, Field) and spec.is_path and data.get(key):
+            data[key] = resolve(data[key])
+    for section in SECTIONS:
+        schema = dict(SCHEMA[section])
+        if section in PART_OPTIONS and parts is not None:
+            kind, name_key = PART_OPTIONS[section]
+            registry = parts.kind(kind)
+            if data[section].get(name_key) in registry:
+                schema.update(registry.part(data[section][name_key]).options)
+        for key, spec in schema.items():
+            if spec.is_path and data[section].get(key):
+                data[section][key] = resolve(data[section][key])
+    return Recipe(data, recipe.source, dict(recipe.lines))
+
+
+def created_by_hooks(data: dict[str, Any], parts: Any) -> set[str]:
+    """The recipe keys (e.g. ``data.path``) whose files a hook of the recipe creates when the run starts."""
+    created: set[str] = set()
+    for entry in data["hooks"]:
+        created.update(getattr(parts.hooks.get(entry["name"]), "creates", ()))
+    return created
 
 
 def validate(recipe: Recipe, parts: Any = None, check_paths: bool = False) -> None:

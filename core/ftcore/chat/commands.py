@@ -52,6 +52,10 @@ def _sampling_options(func: Any) -> Any:
     return func
 
 
+#: Only the person running ftcore may let a model's own Python code run; no file can.
+TRUST_OPTION = click.option("--trust-remote-code", is_flag=True, help="allow Python code shipped with the model to run (only for models whose code you trust)")
+
+
 def _model_options(func: Any) -> Any:
     options = [
         click.option("--adapter", type=click.Path(), help="a LoRA/QLoRA checkpoint folder (work_dir/checkpoint-N) to apply"),
@@ -59,16 +63,17 @@ def _model_options(func: Any) -> Any:
         click.option("--system", help="system prompt (default: the adapter's recipe data.system, else the template's)"),
         click.option("--bits", type=click.Choice(["4", "8"]), help="load the model quantized: 4 = NF4, 8 = int8 (bitsandbytes)"),
         click.option("--builder", help="model builder (default: the adapter's recipe, else by model_type, else hf; see `ftcore list models`)"),
+        TRUST_OPTION,
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _load(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None) -> Any:
+def _load(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool) -> Any:
     from .loading import load_chat_model, plan_chat
 
-    plan = plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None)
+    plan = plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None, trust_remote_code=trust_remote_code)
     _quiet()
     return load_chat_model(app.parts, plan, warn=_warn)
 
@@ -83,8 +88,9 @@ def _load(app: Any, model: str, adapter: str | None, template: str | None, syste
 @click.option("--builder", help="model builder (default: the adapter's recipe, else by model_type, else hf)")
 @click.option("--template", help="chat template to write as chat_template (default: the adapter's training template)")
 @click.option("--force", is_flag=True, help="replace a non-empty OUT")
+@TRUST_OPTION
 @click.pass_obj
-def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, dtype: str | None, fmt: str, builder: str | None, template: str | None, force: bool) -> None:
+def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, dtype: str | None, fmt: str, builder: str | None, template: str | None, force: bool, trust_remote_code: bool) -> None:
     """Merge the LoRA ADAPTER into BASE and save a standalone model to OUT.
 
     OUT holds sharded safetensors, the tokenizer with the training template as its
@@ -95,7 +101,7 @@ def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, 
 
     merge_adapter(
         app.parts, base, adapter, out, max_shard_size=max_shard_size, dtype=dtype, fmt=fmt,
-        builder=builder, template=template, force=force, log=click.echo, before_load=_quiet,
+        builder=builder, template=template, force=force, trust_remote_code=trust_remote_code, log=click.echo, before_load=_quiet,
     )
     click.echo(f"next: ftcore chat {out}")
 
@@ -109,7 +115,7 @@ def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, 
 @click.option("--image", type=click.Path(), help="the image to talk about (with --llava)")
 @_sampling_options
 @click.pass_obj
-def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None,
+def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool,
              prompt: str | None, llava_dir: str | None, visual_encoder: str | None, image: str | None,
              max_new_tokens: int, temperature: float, top_p: float, top_k: int, repetition_penalty: float, seed: int | None) -> None:
     """Chat with MODEL (a model folder, or an adapter checkpoint) in the terminal.
@@ -127,7 +133,7 @@ def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, sy
     if llava_dir:
         _chat_llava(model, llava_dir, visual_encoder, image, prompt, template, system, builder, settings)
         return
-    chat_model = _load(app, model, adapter, template, system, bits, builder)
+    chat_model = _load(app, model, adapter, template, system, bits, builder, trust_remote_code)
     if seed is not None:
         from transformers import set_seed
 
@@ -166,7 +172,7 @@ def _chat_llava(model: str, llava_dir: str, visual_encoder: str | None, image: s
 @click.option("--llava", "llava_dir", type=click.Path(), help="a LLaVA run's checkpoint (or work dir): MODEL is its LLM; requests may carry image_url parts")
 @click.option("--visual-encoder", type=click.Path(), help="the CLIP vision tower folder (with --llava)")
 @click.pass_obj
-def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None,
+def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool,
               host: str, port: int, api_key: str | None, max_new_tokens: int, llava_dir: str | None, visual_encoder: str | None) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/models) with a chat page at /.
 
@@ -178,7 +184,7 @@ def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, s
     check_server_deps()
     if llava_dir and not visual_encoder:
         raise FtcoreError("--llava needs --visual-encoder PATH")
-    plan = None if llava_dir else plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None)
+    plan = None if llava_dir else plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None, trust_remote_code=trust_remote_code)
     sock = open_socket(host, port)  # before loading: a busy port fails fast
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         _warn(f"warning: listening on {host} without --api-key: anyone who can reach this address can use the model")

@@ -29,10 +29,12 @@ class AdapterInfo:
     path: Path
     #: ``base_model_name_or_path`` of adapter_config.json
     base: str | None = None
-    #: model.builder / model.path / model.trust_remote_code of recipe.yaml (when present)
+    #: model.builder / model.path of recipe.yaml (when present)
     builder: str | None = None
     model_path: str | None = None
-    trust_remote_code: bool = False
+    #: recipe.yaml's model.trust_remote_code: the adapter *asks* for the base's own code; only the
+    #: user's --trust-remote-code grants it
+    asks_remote_code: bool = False
     #: data.template / data.system of recipe.yaml (when present)
     template: str | None = None
     system: str | None = None
@@ -73,7 +75,7 @@ def read_adapter(path: str | Path) -> AdapterInfo:
         info.has_recipe = True
         info.builder = model.get("builder")
         info.model_path = model.get("path")
-        info.trust_remote_code = bool(model.get("trust_remote_code", False))
+        info.asks_remote_code = model.get("trust_remote_code") is True
         info.template = dataset.get("template")
         info.system = dataset.get("system")
     return info
@@ -87,13 +89,24 @@ def is_adapter_dir(path: str | Path) -> bool:
 def base_of(info: AdapterInfo) -> str:
     """The base model an adapter was trained on (recipe model.path, else adapter_config's)."""
     for candidate in (info.model_path, info.base):
-        if candidate and Path(candidate).expanduser().is_dir():
+        if candidate and (Path(candidate).expanduser() / "config.json").is_file():
             return str(candidate)
+    recorded = [f"{name} {value!r}" for name, value in (("recipe.yaml model.path", info.model_path), ("adapter_config.json base_model_name_or_path", info.base)) if value]
     raise FtcoreError(
-        f"cannot tell which base model the adapter in {info.path} belongs to "
-        f"(recipe model.path: {info.model_path!r}, adapter_config base_model_name_or_path: {info.base!r})",
-        hint="name the base model folder explicitly: ftcore chat BASE --adapter ADAPTER",
+        f"cannot find the base model of the adapter in {info.path}: "
+        + (f"it records {' and '.join(recorded)}, and no model folder is there" if recorded else "it records none")
+        + (f" (relative paths are read from {Path.cwd()})" if any(v and not Path(v).is_absolute() for v in (info.model_path, info.base)) else ""),
+        hint="name the base model folder explicitly: ftcore chat BASE --adapter ADAPTER (or ftcore serve BASE --adapter ADAPTER, ftcore merge BASE ADAPTER OUT)",
     )
+
+
+def tokenizer_folder(model_path: str, info: AdapterInfo | None) -> str:
+    """Where to load the tokenizer from: the base model, else the adapter checkpoint (which saves the training tokenizer)."""
+    from ..models.hf import has_tokenizer
+
+    if info is not None and not has_tokenizer(model_path) and has_tokenizer(info.path):
+        return str(info.path)
+    return model_path
 
 
 def attach_adapter(model: Any, info: AdapterInfo) -> Any:
@@ -202,6 +215,8 @@ class ChatPlan:
     template: str | None
     system: str | None
     bits: int | None = None
+    #: the user's --trust-remote-code: the base model's own Python code may run
+    trust_remote_code: bool = False
 
 
 def plan_chat(
@@ -213,6 +228,7 @@ def plan_chat(
     template: str | None = None,
     system: str | None = None,
     bits: int | None = None,
+    trust_remote_code: bool = False,
 ) -> ChatPlan:
     """Check the model folder, adapter files, builder and template names (cheap; no torch).
 
@@ -236,7 +252,7 @@ def plan_chat(
             parts.templates.part(name)
     if system is None and info is not None:
         system = info.system
-    return ChatPlan(model_path=str(model_path), adapter=info, builder=chosen, template=template, system=system, bits=bits)
+    return ChatPlan(model_path=str(model_path), adapter=info, builder=chosen, template=template, system=system, bits=bits, trust_remote_code=trust_remote_code)
 
 
 def load_chat_model(
@@ -262,8 +278,11 @@ def load_chat_model(
     )
     info = plan.adapter
     build = parts.models.get(plan.builder)
-    trust = bool(info.trust_remote_code) if info is not None else False
-    tokenizer = build.load_tokenizer(plan.model_path, trust_remote_code=trust)
+    trust = plan.trust_remote_code
+    if info is not None and info.asks_remote_code and not trust:
+        warn(f"note: {info.path / 'recipe.yaml'} asks for the base model's own Python code (model.trust_remote_code: true); "
+             "it does not run unless you pass --trust-remote-code")
+    tokenizer = build.load_tokenizer(tokenizer_folder(plan.model_path, info), trust_remote_code=trust)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     chat_template = resolve_template(parts, plan.template, info, tokenizer, warn)

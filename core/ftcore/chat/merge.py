@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..errors import FtcoreError
 from .generate import stop_token_ids
-from .loading import AdapterInfo, attach_adapter, model_config, read_adapter
+from .loading import AdapterInfo, attach_adapter, model_config, read_adapter, tokenizer_folder
 from .loading import builder_name as resolve_builder_name
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -160,6 +160,7 @@ def merge_adapter(
     builder: str | None = None,
     template: str | None = None,
     force: bool = False,
+    trust_remote_code: bool = False,
     log: Callable[[str], None] = print,
     before_load: Callable[[], None] | None = None,
 ) -> Path:
@@ -199,8 +200,11 @@ def merge_adapter(
 
     build = parts.models.get(builder_name)
     log(f"loading {base} ({builder_name} builder) and the adapter {info.path}")
-    tokenizer = build.load_tokenizer(str(base), trust_remote_code=info.trust_remote_code)
-    model = build.load_model(str(base), dtype=torch.float32, trust_remote_code=info.trust_remote_code)
+    if info.asks_remote_code and not trust_remote_code:
+        log(f"note: {info.path / 'recipe.yaml'} asks for the base model's own Python code (model.trust_remote_code: true); "
+            "it does not run unless you pass --trust-remote-code")
+    tokenizer = build.load_tokenizer(tokenizer_folder(str(base), info), trust_remote_code=trust_remote_code)
+    model = build.load_model(str(base), dtype=torch.float32, trust_remote_code=trust_remote_code)
     model = attach_adapter(model, info)
     model = model.merge_and_unload()
     model.to(getattr(torch, DTYPES[out_dtype]))

@@ -581,20 +581,26 @@ def check_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...]) -
     not only the first; then encodes the rest with the recipe's tokenizer and template and
     prints the counts. Use it to gate a long run: `ftcore data check -r R && ftcore run -r R`.
     """
+    recipe, parts = _recipe(ctx, recipe_ref, overrides)
+    if not check_recipe_data(recipe, parts, _console()):
+        sys.exit(1)  # not ctx.exit: the CLI runs click with standalone_mode=False, which swallows its code
+
+
+def check_recipe_data(recipe: Any, parts: Any, out: Any) -> bool:
+    """Read, format, template and encode every record of ``recipe``'s data, printing what was found
+    (``ftcore data check``, ``ftcore run --dry-run``); False when a record has a problem."""
     from .load import detect_format, load_records
     from .pack import pack
     from .pipeline import DataReport, RecordProblem, data_paths, encode_all, fill_counts, find_format_problems
 
-    recipe, parts = _recipe(ctx, recipe_ref, overrides)
     data_cfg, seed = recipe["data"], recipe["train"]["seed"]
-    out = _console()
     out.print(f"checking {_data_line(recipe)}", markup=False)
     try:
         records = load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed)
     except FtcoreError as exc:  # a file that cannot be read as records stops at its first bad line
         out.print("[red]✗ cannot read the data[/red] (reading stops at the first unreadable line of a file):")
         out.print(f"  {exc}", markup=False)
-        sys.exit(1)
+        return False
     name = data_cfg["format"]
     if name == "auto":
         name = detect_format(records, parts.formats)
@@ -624,5 +630,10 @@ def check_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...]) -
             out.print(f"  - {problem}", markup=False)
         hint = "fix them, or set data.on_error=skip to train without them" if not encode_problems else "fix them (records the template cannot encode stop a run even with data.on_error=skip)"
         out.print(f"  {hint}", markup=False)
-        sys.exit(1)  # not ctx.exit: the CLI runs click with standalone_mode=False, which swallows its code
-    out.print("[green]✓ every record is fine[/green]")
+        return False
+    if report.truncated or report.dropped_empty:
+        out.print(f"[yellow]! every record is well-formed, but {report.truncated} sample(s) lose tokens past max_length and {report.dropped_empty} are dropped with no trained token[/yellow]")
+        out.print("  raise data.max_length, or shorten those records, to train on all of them", markup=False)
+    else:
+        out.print("[green]✓ every record is fine[/green]")
+    return True

@@ -19,20 +19,69 @@ def check_model_dir(path: str) -> Path:
     return p
 
 
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether ``folder`` holds tokenizer files (a training checkpoint does; ftcore's conversion cache does not)."""
+    p = Path(folder).expanduser()
+    return any((p / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
+def check_remote_code(path: str, trust_remote_code: bool) -> None:
+    """Refuse, before loading, a checkpoint whose config needs its own Python code (``auto_map`` to
+    a model type transformers does not have) unless the user passed ``--trust-remote-code``."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    if trust_remote_code:
+        return
+    config = Path(path).expanduser() / "config.json"
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    auto_map = cfg.get("auto_map") if isinstance(cfg, dict) else None
+    if auto_map and cfg.get("model_type") not in CONFIG_MAPPING:
+        files = sorted({str(v).split(".")[0] + ".py" for v in (auto_map.values() if isinstance(auto_map, dict) else []) if isinstance(v, str)})
+        raise FtcoreError(
+            f"the model asks to run its own Python code ({', '.join(files) or 'auto_map'}) for model_type {cfg.get('model_type')!r}, which transformers does not know",
+            where=f"{config} (auto_map)",
+            hint=f"pass --trust-remote-code if you trust the code in {path}; ftcore never runs it on a checkpoint's say-so",
+        )
+
+
+def _refuse_remote_code(exc: ValueError, path: str) -> FtcoreError:
+    return FtcoreError(
+        f"{path} needs its own Python code to load ({str(exc).splitlines()[0][:200]})",
+        hint=f"pass --trust-remote-code if you trust the code in {path}",
+    )
+
+
 class HFBuilder:
     """Loads with ``AutoTokenizer``/``AutoModelForCausalLM``; saves with ``save_pretrained``."""
 
     def load_tokenizer(self, path: str, trust_remote_code: bool = False) -> Any:
         from transformers import AutoTokenizer
 
-        check_model_dir(path)
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if not has_tokenizer(path):  # a model folder, or a checkpoint that saved its tokenizer
+            check_model_dir(path)
+        try:
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise _refuse_remote_code(exc, path) from None
+            raise
 
     def load_model(self, path: str, **kwargs: Any) -> Any:
         from transformers import AutoModelForCausalLM
 
         check_model_dir(path)
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        check_remote_code(path, bool(kwargs.get("trust_remote_code")))
+        try:
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise _refuse_remote_code(exc, path) from None
+            raise
 
     def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None:
         model.save_pretrained(str(out_dir), max_shard_size=max_shard_size, safe_serialization=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..recipe import F
+from ..recipe import NAME, F
 from .context import RunContext
 
 
@@ -176,15 +176,15 @@ class TensorBoard(TrainingHook):
 BUILTIN_HOOKS = [
     ("dataset_info", "ftcore.train.hooks:DatasetInfo", "print dataset counts and one decoded sample", {}),
     ("metrics_log", "ftcore.train.hooks:MetricsLog", "one JSON line per step in work_dir/metrics.jsonl (step, loss, lr, tokens_per_s)", {}),
-    ("throughput", "ftcore.train.hooks:Throughput", "tokens/s, TFLOP/s and MFU estimate", {"every": F(int, 10, "report every N steps"), "peak_tflops": F((int, float), None, "device peak for MFU")}),
+    ("throughput", "ftcore.train.hooks:Throughput", "tokens/s, TFLOP/s and MFU estimate", {"every": F(int, 10, "report every N steps", ge=1), "peak_tflops": F((int, float), None, "device peak for MFU", gt=0)}),
     (
         "evaluate_chat",
         "ftcore.train.hooks:EvaluateChat",
         "answer prompts before training, every N steps and at the end (work_dir/eval/)",
         {
-            "prompts": F(list, [], "questions to ask"),
-            "every": F(int, 0, "also evaluate every N steps (0: only before and after)"),
-            "max_new_tokens": F(int, 64, "answer length"),
+            "prompts": F(list, [], "questions to ask", items=NAME),
+            "every": F(int, 0, "also evaluate every N steps (0: only before and after)", ge=0),
+            "max_new_tokens": F(int, 64, "answer length", ge=1),
             "system": F(str, None, "system prompt for the evaluation"),
         },
     ),

@@ -39,9 +39,24 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * decay
 
 
-def build_scheduler(optimizer: Any, train_cfg: dict[str, Any], total: int) -> Any:
+def build_scheduler(optimizer: Any, train_cfg: dict[str, Any], total: int, resumed: tuple[int, int] | None = None) -> Any:
+    """Warmup, then the schedule, over ``total`` steps. ``resumed=(step, old_total)``: a run resumed
+    from a checkpoint made for ``old_total`` steps keeps the old curve up to ``step``, then goes from
+    the learning rate it had reached to the end of the schedule over the remaining steps (no jump)."""
     import torch
 
     warmup = int(round(train_cfg["warmup_ratio"] * total))
     schedule, min_ratio = train_cfg["schedule"], train_cfg["min_lr_ratio"]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, schedule, min_ratio))
+    if resumed is None or resumed[1] == total:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, schedule, min_ratio))
+    step, old_total = resumed
+    old_warmup = int(round(train_cfg["warmup_ratio"] * old_total))
+    reached = lr_factor(step, old_total, old_warmup, schedule, min_ratio)
+
+    def factor(s: int) -> float:
+        if s < step:
+            return lr_factor(s, old_total, old_warmup, schedule, min_ratio)
+        rest = lr_factor(s - step, total - step, 0, schedule, min_ratio)  # 1 -> min_ratio over the remaining steps
+        return min_ratio + (reached - min_ratio) * (rest - min_ratio) / (1.0 - min_ratio) if min_ratio < 1 else reached
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

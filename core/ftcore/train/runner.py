@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FtcoreError
-from .checkpoint import begin_checkpoint, finish_checkpoint, read_state, resolve_resume, rng_state, set_rng_state
+from ..recipe import with_resolved_paths
+from .checkpoint import begin_checkpoint, finish_checkpoint, read_state, rng_state, set_rng_state
 from .context import RunContext
 from .loop import Schedule, Trainer, total_steps
+from .preflight import check_resume
 
 
 def seed_everything(seed: int) -> None:
@@ -52,6 +54,18 @@ def _write_model(model: Any, folder: Path, builder: Any = None) -> None:
     model.save_pretrained(str(folder), safe_serialization=True)
 
 
+def record_base_model(folder: Path, base: str) -> None:
+    """Point a saved adapter's ``base_model_name_or_path`` at the user's base model folder (peft
+    records the folder the weights came from, which for converted models is ftcore's cache)."""
+    import json
+
+    config = folder / "adapter_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = base
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _load_model_weights(model: Any, folder: Path, builder: Any = None) -> None:
     from safetensors.torch import load_file
 
@@ -81,6 +95,8 @@ class Run:
         self.work_dir = Path(recipe["work_dir"])
         self.ctx = RunContext(recipe, self.work_dir)
         self.hooks = make_hooks(recipe, parts)
+        self.resume_from: Path | None = None
+        self.saved_recipe = with_resolved_paths(recipe, parts)  # what checkpoints record: usable from any directory
 
     def log(self, message: str) -> None:
         self.ctx.print(message)
@@ -92,6 +108,7 @@ class Run:
 
         recipe, parts, ctx = self.recipe, self.parts, self.ctx
         model_cfg, data_cfg, train_cfg = recipe["model"], recipe["data"], recipe["train"]
+        self.resume_from = check_resume(recipe, self.resume)  # a bad --resume fails before anything loads
         seed_everything(train_cfg["seed"])
         self.precision = resolve_precision(train_cfg["precision"], resolve_device(train_cfg["device"]))
         strategy = parts.strategies.get(recipe["strategy"]["name"])(recipe, self.precision)
@@ -127,8 +144,18 @@ class Run:
         params = [p for p in model.parameters() if p.requires_grad]
         self.schedule = make_schedule(ctx.data, data_cfg, train_cfg, strategy)
         ctx.total_steps = total_steps(train_cfg, self.schedule)
+        resumed = None
+        if self.resume_from is not None:
+            state = read_state(self.resume_from)
+            resumed = (int(state["step"]), int(state["total_steps"]))
+            if resumed[0] >= ctx.total_steps:
+                raise FtcoreError(
+                    f"the checkpoint {self.resume_from} is at step {resumed[0]}, but this run has {ctx.total_steps} steps: there is nothing left to train",
+                    where="train.max_steps" if train_cfg["max_steps"] else "train.epochs",
+                    hint="train for longer (train.max_steps or train.epochs), or start a new run without --resume",
+                )
         optimizer = build_optimizer(params, train_cfg)
-        scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps)
+        scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps, resumed)
         ctx.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
 
     def collate(self, rows: list[int]) -> dict[str, Any]:
@@ -156,7 +183,8 @@ class Run:
             import torch
 
             ctx.tokenizer.save_pretrained(str(tmp))
-            (tmp / "recipe.yaml").write_text(self.recipe.to_yaml())
+            (tmp / "recipe.yaml").write_text(self.saved_recipe.to_yaml())
+            record_base_model(tmp, self.saved_recipe["model"]["path"])
             torch.save(rng_state(), tmp / "rng.pt")
             epoch = ctx.step * self.recipe["train"]["grad_accum"] / self.schedule.per_epoch
             state = {"total_steps": ctx.total_steps, "epoch": epoch, "world_size": strategy.world_size, "metrics": ctx.metrics[-1:]}
@@ -169,7 +197,7 @@ class Run:
     def restore(self) -> None:
         if not self.resume:
             return
-        folder = resolve_resume(self.resume, self.work_dir)
+        folder = self.resume_from
         if folder is None:
             self.log(f"no checkpoint in {self.work_dir} yet; starting from the beginning")
             return
@@ -177,7 +205,8 @@ class Run:
 
         state = read_state(folder)
         if state["total_steps"] != self.ctx.total_steps:
-            self.log(f"[yellow]warning: the checkpoint was made for {state['total_steps']} steps, this run has {self.ctx.total_steps}[/yellow]")
+            self.log(f"the checkpoint was made for {state['total_steps']} steps, this run has {self.ctx.total_steps}: "
+                     f"the learning rate goes on from where it was to the end of the schedule over the remaining steps")
         if not getattr(self.ctx.strategy, "restores_model", False):
             _load_model_weights(self.ctx.strategy.unwrap(self.ctx.model), folder, self.builder)
         self.ctx.strategy.load_state(folder)
@@ -200,7 +229,7 @@ class Run:
         self.restore()
         ctx = self.ctx
         if ctx.is_main:
-            (self.work_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
+            (self.work_dir / "recipe.yaml").write_text(self.saved_recipe.to_yaml())
         for hook in self.hooks:
             hook.before_train(ctx)
         trainer = Trainer(ctx, self.optimizer, self.scheduler, self.schedule, self.collate, self.hooks, self.save, self.precision)

@@ -13,10 +13,10 @@ from ftcore.train.hooks import TrainingHook
 OPTIONS = {
     "assistant": F(str, "ftcore", "the name the assistant learns to give itself"),
     "author": F(str, None, "who made the assistant"),
-    "n": F(int, 64, "self-cognition samples to write"),
+    "n": F(int, 64, "self-cognition samples to write", ge=1),
     "lang": F(str, "en", "zh, en or both", choices=("zh", "en", "both")),
-    "hidden": F(int, 128, "hidden size of the tiny model"),
-    "layers": F(int, 2, "layers of the tiny model"),
+    "hidden": F(int, 128, "hidden size of the tiny model (4 heads)", ge=8, multiple_of=8),
+    "layers": F(int, 2, "layers of the tiny model", ge=1),
 }
 
 

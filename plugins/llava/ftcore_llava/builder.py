@@ -17,26 +17,34 @@ from typing import Any
 import numpy as np
 
 from ftcore.errors import FtcoreError
-from ftcore.recipe import REQUIRED, F
+from ftcore.recipe import NAME, REQUIRED, F
 
 from .data import IMAGE_TOKEN, load_image_processor, pixel_values, resolve_image, use_image_folder
+
+#: ``model.visual_encoder_lora`` keys: the vision tower's LoRA.
+VISION_LORA = {
+    "r": F(int, 64, "LoRA rank", ge=1),
+    "alpha": F(float, 16, "LoRA alpha", gt=0),
+    "dropout": F(float, 0.05, "LoRA dropout (a probability)", ge=0, lt=1),
+    "targets": F((str, list), "all-linear", "'all-linear' or module names", items=NAME, min_len=1, pattern=NAME.pattern),
+}
 
 #: ``model.*`` keys the llava builder adds to the recipe schema.
 OPTIONS = {
     "llm_builder": F(str, "internlm2", "builder that loads the LLM at model.path (internlm2, hf, ...)", registry="models"),
-    "visual_encoder": F(str, REQUIRED, "CLIP checkpoint folder (CLIPVisionModel weights + preprocessor_config.json)", nullable=False),
-    "image_folder": F(str, None, "folder the records' image paths are relative to (default: the current directory)"),
-    "projector": F(str, None, "a pretrained projector to start from: a projector/ folder, a checkpoint holding one, or a work dir (its latest checkpoint)"),
+    "visual_encoder": F(str, REQUIRED, "CLIP checkpoint folder (CLIPVisionModel weights + preprocessor_config.json)", nullable=False, is_path=True),
+    "image_folder": F(str, None, "folder the records' image paths are relative to (default: the current directory)", is_path=True),
+    "projector": F(str, None, "a pretrained projector to start from: a projector/ folder, a checkpoint holding one, or a work dir (its latest checkpoint)", is_path=True),
     "pad_image_to_square": F(bool, True, "pad images to a square with the image processor's mean colour before resizing"),
-    "visual_select_layer": F(int, -2, "vision layer whose patch features feed the projector (CLS token dropped)"),
-    "projector_depth": F(int, 2, "linear layers in the projector (GELU between them)"),
+    "visual_select_layer": F(int, -2, "vision layer whose patch features feed the projector, counted from the last (-1; CLS token dropped)", le=-1),
+    "projector_depth": F(int, 2, "linear layers in the projector (GELU between them)", ge=1),
     "freeze_llm": F(bool, True, "keep the LLM's own weights frozen (its LoRA, if any, still trains)"),
     "llm_lora": F(bool, True, "put the adapter section's LoRA on the LLM (false: no LLM adapter, e.g. for pretraining the projector)"),
     "freeze_visual_encoder": F(bool, True, "keep the vision tower's own weights frozen (its LoRA, if any, still trains)"),
-    "visual_encoder_lora": F(dict, None, "LoRA on the vision tower: {r, alpha, dropout, targets}; none for no vision LoRA"),
+    "visual_encoder_lora": F(dict, None, "LoRA on the vision tower: {r, alpha, dropout, targets}; none for no vision LoRA", keys=VISION_LORA),
 }
 
-VISION_LORA_DEFAULTS = {"r": 64, "alpha": 16, "dropout": 0.05, "targets": "all-linear"}
+VISION_LORA_DEFAULTS = {key: spec.default for key, spec in VISION_LORA.items()}
 LLM_ADAPTER, VISION_ADAPTER, PROJECTOR, LLM_FULL, VISION_FULL = "llm_adapter", "visual_encoder_adapter", "projector", "llm", "visual_encoder"
 
 
