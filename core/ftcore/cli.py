@@ -19,12 +19,11 @@ OVERRIDES_HELP = "key=value overrides with dotted paths, e.g. train.lr=1e-4 data
 
 
 def _report_plugin_failures(app: App) -> None:
-    for info in app.pm.failures:
-        click.echo(
-            f"ftcore: plugin {info.name!r} ({info.dist} {info.version}) {info.error} "
-            f"- disable it with FTCORE_DISABLE_PLUGINS={info.name}",
-            err=True,
-        )
+    """One warning line on stderr per failed plugin, now and whenever collecting parts finds more
+    (with ``--strict-plugins`` an error instead)."""
+    if app.warn is None:
+        app.warn = lambda line: click.echo(line, err=True)
+    app.report_plugin_failures()
 
 
 def _part_rows(app: App, kinds: list[str], pattern: str | None) -> list[dict[str, str]]:
@@ -58,7 +57,8 @@ def _list(app: App, kind: str | None, pattern: str | None, as_json: bool) -> Non
 
 
 def _plugins(app: App, as_json: bool) -> None:
-    infos = sorted(app.pm.infos.values(), key=lambda i: (not i.builtin, i.name))
+    app.parts  # collecting parts finds the plugins that fail while registering
+    infos = sorted(app.pm.all_infos(), key=lambda i: (not i.builtin, i.name, i.dist))
     rows = [
         {
             "name": i.name,
@@ -67,6 +67,7 @@ def _plugins(app: App, as_json: bool) -> None:
             "source": i.source,
             "builtin": i.builtin,
             "hooks": i.hooks,
+            "status": "broken" if i.error else "ok",
             "error": i.error,
         }
         for i in infos
@@ -74,6 +75,7 @@ def _plugins(app: App, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_edge=False)
@@ -82,7 +84,7 @@ def _plugins(app: App, as_json: bool) -> None:
     for r in rows:
         hooks = ", ".join(h.removeprefix("register_") for h in r["hooks"])
         if r["error"]:
-            hooks = f"[red]not loaded: {r['error']}[/red]"
+            hooks = f"[red]broken, skipped: {escape(r['error'])}[/red]"
         table.add_row(r["name"], r["distribution"], r["version"], r["source"], hooks)
     console().print(table)
 
@@ -116,15 +118,23 @@ def create_cli(app: App | None = None) -> click.Group:
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="ftcore")
+    @click.option("--strict-plugins", is_flag=True, envvar="FTCORE_STRICT_PLUGINS",
+                  help="make any plugin failure an error (exit 2) instead of a warning; env FTCORE_STRICT_PLUGINS=1")
     @click.pass_context
-    def cli(ctx: click.Context) -> None:
+    def cli(ctx: click.Context, strict_plugins: bool) -> None:
         """ftcore: fine-tune large language models with LoRA, QLoRA or full training.
 
         Typical flow: `ftcore list`, `ftcore copy RECIPE`, `ftcore run --recipe RECIPE`,
         `ftcore chat`, `ftcore merge`.
         """
         ctx.obj = app
+        app.strict = strict_plugins
         _report_plugin_failures(app)
+        owner = app.pm.command_owner(ctx.invoked_subcommand)
+        if strict_plugins or (owner is not None and not owner.builtin):
+            app.parts  # registration failures: all of them when strict, else whether this command's plugin is sound
+        if owner is not None and owner.error:
+            raise FtcoreError(f"command {ctx.invoked_subcommand!r} comes from plugin {owner.label}, which failed: {owner.error} ({owner.remedy})")
 
     @cli.command("list")
     @click.argument("kind", required=False, type=click.Choice(list(KINDS)))
@@ -205,7 +215,7 @@ def create_cli(app: App | None = None) -> click.Group:
 
         run_training(recipe, app.parts, resume=resume)
 
-    app.pm.hook.register_commands(cli=cli)
+    app.pm.add_commands(cli)  # a plugin that fails here is skipped (reported by the group callback)
     return cli
 
 
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -46,17 +46,25 @@ class Registry(Generic[T]):
         self.kind = kind
         self.label = label or kind
         self._parts: dict[str, Part[T]] = {}
+        #: name -> why it is absent: a part a broken plugin tried to register.
+        self.missing: dict[str, str] = {}
+        #: broken plugins that might have provided any unknown name of this kind.
+        self.failed: list[str] = []
+
+    def problem(self, part: Part[T]) -> str | None:
+        """Why ``part`` cannot be added (no name, or a name already taken), or None."""
+        if not part.name or not isinstance(part.name, str):
+            return f"plugin {part.owner} registered a {self.label} without a name"
+        existing = self._parts.get(part.name)
+        if existing is not None:
+            return f"{self.label} {part.name!r} is registered twice: by plugin {existing.owner} and by plugin {part.owner}"
+        return None
 
     def add(self, part: Part[T]) -> None:
         """Add a part; a second part with the same name is an error naming both owners."""
-        if not part.name or not isinstance(part.name, str):
-            raise FtcoreError(f"plugin {part.owner} registered a {self.label} without a name")
-        existing = self._parts.get(part.name)
-        if existing is not None:
-            raise FtcoreError(
-                f"{self.label} {part.name!r} is registered twice: by plugin {existing.owner} and by plugin {part.owner}",
-                hint="rename one of them, or disable a plugin with FTCORE_DISABLE_PLUGINS=<name>",
-            )
+        problem = self.problem(part)
+        if problem:
+            raise FtcoreError(problem, hint="rename one of them, or disable a plugin with FTCORE_DISABLE_PLUGINS=<name>")
         self._parts[part.name] = part
 
     def __contains__(self, name: object) -> bool:
@@ -88,4 +96,8 @@ class Registry(Generic[T]):
         if close:
             msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
         msg += f" (registered: {', '.join(self.names()) or 'none'}; see `ftcore list {self.kind}`)"
+        if name in self.missing:
+            msg += f" ({self.missing[name]})"
+        elif self.failed:
+            msg += f" ({'; '.join(self.failed)})"
         return msg
