@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 
@@ -75,9 +76,8 @@ def test_plugins_command_shows_version_source_and_hooks(plugin_site) -> None:
     assert info["broken"]["error"].startswith("failed to import")
 
 
-def test_dry_run_accepts_a_third_party_recipe(plugin_site, tmp_path) -> None:
-    (tmp_path / "my-model").mkdir()
-    (tmp_path / "my-model" / "config.json").write_text("{}")
+def test_dry_run_accepts_a_third_party_recipe(plugin_site, tmp_path, tiny_llama) -> None:
+    shutil.copytree(tiny_llama, tmp_path / "my-model")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "qa.jsonl").write_text('{"q": "hi", "a": "hello"}\n')
     proc = run_cli("run", "--recipe", "example_recipe", "--dry-run", cwd=tmp_path, env=cli_env(pythonpath=str(plugin_site)))

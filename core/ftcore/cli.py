@@ -112,6 +112,21 @@ def print_plan(recipe: Any, app: App) -> None:
     click.echo("\n".join(lines))
 
 
+def dry_run_data(recipe: Any, app: App) -> bool:
+    """``run --dry-run``: read and check the data as ``ftcore data check`` does (False: a record has a
+    problem); data or a model that a hook creates when the run starts is not there to check yet."""
+    from .data.commands import check_recipe_data
+    from .data.pipeline import data_paths
+    from .recipe import created_by_hooks
+
+    created = created_by_hooks(recipe.data, app.parts)
+    if "data.path" in created and not all(p.exists() for p in data_paths(recipe["data"])):
+        click.echo("data      not checked: a hook creates it when the run starts")
+        return True
+    encode = "model.path" not in created or (Path(recipe["model"]["path"]) / "config.json").is_file()
+    return check_recipe_data(recipe, app.parts, console(), encode=encode)
+
+
 def create_cli(app: App | None = None) -> click.Group:
     """The root click group, with the core commands and every plugin's ``register_commands``."""
     app = app or App()
@@ -180,20 +195,26 @@ def create_cli(app: App | None = None) -> click.Group:
     @click.option("--recipe", "-r", "recipe_ref", required=True, help="a registered recipe name or a YAML file")
     @click.argument("overrides", nargs=-1)
     @click.option("--work-dir", help="where checkpoints and logs go (overrides work_dir)")
-    @click.option("--dry-run", is_flag=True, help="validate and print the plan; load nothing")
+    @click.option("--dry-run", is_flag=True, help="validate, read and check the data, print the plan; load no weights")
     @click.option("--resume", is_flag=False, flag_value="auto", default=None, help="resume: auto (latest checkpoint in work_dir) or a checkpoint PATH")
+    @click.option("--trust-remote-code", is_flag=True, help="allow Python code shipped with the model to run (only for models whose code you trust)")
     @click.option("--nproc-per-node", help="processes on this machine (a number or auto = every GPU); env NPROC_PER_NODE")
     @click.option("--nnodes", type=int, help="machines taking part (env NNODES)")
     @click.option("--node-rank", type=int, help="this machine's rank, 0..nnodes-1 (env NODE_RANK)")
     @click.option("--master-addr", help="address of the rank-0 machine (env ADDR)")
     @click.option("--master-port", type=int, help="port on the rank-0 machine (env PORT)")
-    def run_cmd(recipe_ref: str, overrides: tuple[str, ...], work_dir: str | None, dry_run: bool, resume: str | None,
+    def run_cmd(recipe_ref: str, overrides: tuple[str, ...], work_dir: str | None, dry_run: bool, resume: str | None, trust_remote_code: bool,
                 nproc_per_node: str | None, nnodes: int | None, node_rank: int | None, master_addr: str | None, master_port: int | None) -> None:
         """Fine-tune with a recipe. OVERRIDES are key=value pairs, e.g. train.lr=1e-4."""
         from .recipe import load_recipe
         from .train.launch import Launch, relaunch, under_launcher
+        from .train.preflight import check_remote_code, check_resume
 
+        if resume and "=" in resume and not Path(resume).exists():  # `--resume key=value`: the flag, then an override
+            overrides, resume = (*overrides, resume), "auto"
         recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True)
+        check_remote_code(recipe, trust_remote_code)
+        check_resume(recipe, resume)
         launch = Launch.resolve(nproc_per_node, nnodes, node_rank, master_addr, master_port)
         overrides = tuple(overrides)
         if launch.world_size > 1 and not under_launcher():
@@ -202,15 +223,17 @@ def create_cli(app: App | None = None) -> click.Group:
             if recipe["strategy"]["name"] == "single":
                 click.echo(f"running on {launch.world_size} processes: using strategy ddp (set strategy.name=zero2 etc. to choose)")
                 overrides += ("strategy.name=ddp",)
+                recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True)
         if dry_run:
-            print_plan(load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True), app)
+            print_plan(recipe, app)
             if launch.world_size > 1:
                 click.echo(f"launch    {launch.nproc_per_node} process(es) x {launch.nnodes} node(s), this node rank {launch.node_rank}, master {launch.master_addr}:{launch.master_port}")
+            if not dry_run_data(recipe, app):
+                sys.exit(1)
             return
         if launch.world_size > 1 and not under_launcher():
             args = ["--recipe", recipe_ref, *overrides] + (["--work-dir", work_dir] if work_dir else []) + (["--resume", resume] if resume else [])
-            sys.exit(relaunch(launch, args))
-        recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True)
+            sys.exit(relaunch(launch, args + (["--trust-remote-code"] if trust_remote_code else [])))
         from .train.runner import run_training
 
         run_training(recipe, app.parts, resume=resume)

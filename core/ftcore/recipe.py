@@ -133,7 +133,7 @@ SCHEMA: dict[str, Any] = {
     "train": {
         "epochs": F(NUM, 1, "passes over the data (ignored when max_steps is set)", gt=0),
         "max_steps": F(int, None, "optimizer steps to run", ge=1),
-        "lr": F(float, 2e-4, "peak learning rate", gt=0, le=1),
+        "lr": F(float, 2e-4, "peak learning rate", gt=0),
         "schedule": F(str, "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant")),
         "warmup_ratio": F(float, 0.03, "fraction of steps spent warming up", ge=0, le=1),
         "min_lr_ratio": F(float, 0.0, "final learning rate as a fraction of lr", ge=0, le=1),

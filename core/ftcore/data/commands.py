@@ -586,9 +586,10 @@ def check_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...]) -
         sys.exit(1)  # not ctx.exit: the CLI runs click with standalone_mode=False, which swallows its code
 
 
-def check_recipe_data(recipe: Any, parts: Any, out: Any) -> bool:
+def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) -> bool:
     """Read, format, template and encode every record of ``recipe``'s data, printing what was found
-    (``ftcore data check``, ``ftcore run --dry-run``); False when a record has a problem."""
+    (``ftcore data check``, ``ftcore run --dry-run``); False when a record has a problem. Without
+    ``encode`` (no tokenizer yet) the records are read and formatted only."""
     from .load import detect_format, load_records
     from .pack import pack
     from .pipeline import DataReport, RecordProblem, data_paths, encode_all, fill_counts, find_format_problems
@@ -605,6 +606,11 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any) -> bool:
     if name == "auto":
         name = detect_format(records, parts.formats)
     samples, fmt_report, problems = find_format_problems(records, parts.formats.get(name))
+    if not encode:
+        out.print(f"records {len(records)}, format {name}; not encoded: the model and its tokenizer are created when the run starts", markup=False)
+        for problem in problems:
+            out.print(f"  - {problem}", markup=False)
+        return not problems
     tokenizer, template, _ = _tokenizer_and_template(recipe, parts)  # after reading: a broken file fails fast
     if any("messages" in s for s in samples) and template is None:
         raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")

@@ -66,10 +66,13 @@ class HFBuilder:
             check_model_dir(path)
         try:
             return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             if "trust_remote_code" in str(exc):
                 raise _refuse_remote_code(exc, path) from None
-            raise
+            raise FtcoreError(
+                f"cannot load a tokenizer from {path}: {str(exc).strip().splitlines()[0][:300]}",
+                hint="the folder needs the model's tokenizer files (tokenizer.json, or tokenizer.model / vocab files with tokenizer_config.json); set model.tokenizer_path if they live elsewhere",
+            ) from None
 
     def load_model(self, path: str, **kwargs: Any) -> Any:
         from transformers import AutoModelForCausalLM

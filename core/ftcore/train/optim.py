@@ -40,14 +40,18 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
 
 
 def build_scheduler(optimizer: Any, train_cfg: dict[str, Any], total: int, resumed: tuple[int, int] | None = None) -> Any:
-    """Warmup, then the schedule, over ``total`` steps. ``resumed=(step, old_total)``: a run resumed
-    from a checkpoint made for ``old_total`` steps keeps the old curve up to ``step``, then goes from
-    the learning rate it had reached to the end of the schedule over the remaining steps (no jump)."""
+    """Warmup, then the schedule, over ``total`` steps.
+
+    ``resumed=(step, old_total)``: a run resumed from a checkpoint made mid-way through a schedule
+    of another length goes on from the learning rate it had reached to the end of the schedule over
+    the remaining steps (no jump); a run that had finished its schedule and is extended follows the
+    schedule planned for the new length.
+    """
     import torch
 
     warmup = int(round(train_cfg["warmup_ratio"] * total))
     schedule, min_ratio = train_cfg["schedule"], train_cfg["min_lr_ratio"]
-    if resumed is None or resumed[1] == total:
+    if resumed is None or resumed[1] == total or resumed[0] >= resumed[1]:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, schedule, min_ratio))
     step, old_total = resumed
     old_warmup = int(round(train_cfg["warmup_ratio"] * old_total))
@@ -60,3 +64,13 @@ def build_scheduler(optimizer: Any, train_cfg: dict[str, Any], total: int, resum
         return min_ratio + (reached - min_ratio) * (rest - min_ratio) / (1.0 - min_ratio) if min_ratio < 1 else reached
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def sync_learning_rate(scheduler: Any) -> None:
+    """Set the optimizer's learning rates to what ``scheduler`` gives at its current step (after
+    loading a checkpoint made under another schedule, the loaded rates are the old schedule's)."""
+    if isinstance(getattr(scheduler, "lr_lambdas", None), list):
+        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs

@@ -205,11 +205,16 @@ class Run:
 
         state = read_state(folder)
         if state["total_steps"] != self.ctx.total_steps:
-            self.log(f"the checkpoint was made for {state['total_steps']} steps, this run has {self.ctx.total_steps}: "
-                     f"the learning rate goes on from where it was to the end of the schedule over the remaining steps")
+            how = ("the learning rate follows the schedule planned for the new length" if state["step"] >= state["total_steps"]
+                   else "the learning rate goes on from where it was to the end of the schedule over the remaining steps")
+            self.log(f"the checkpoint was made for {state['total_steps']} steps, this run has {self.ctx.total_steps}: {how}")
         if not getattr(self.ctx.strategy, "restores_model", False):
             _load_model_weights(self.ctx.strategy.unwrap(self.ctx.model), folder, self.builder)
         self.ctx.strategy.load_state(folder)
+        if state["total_steps"] != self.ctx.total_steps:
+            from .optim import sync_learning_rate
+
+            sync_learning_rate(self.scheduler)
         set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
         self.ctx.step = int(state["step"])
         self.log(f"resumed from {folder} at step {self.ctx.step}/{self.ctx.total_steps}")
