@@ -168,19 +168,33 @@ def _chat_llava(model: str, llava_dir: str, visual_encoder: str | None, image: s
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0 = every interface)")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", envvar="FTCORE_API_KEY", help="require 'Authorization: Bearer KEY' on /v1 (env FTCORE_API_KEY)")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="default and upper limit of max_tokens")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="default and upper limit of max_tokens (also clamped to what fits in the model's context)")
+@click.option("--request-timeout", type=click.FloatRange(min=0.0, min_open=True), default=300.0, show_default=True,
+              help="seconds a request may take, queueing included; then its answer ends with finish_reason 'length'")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.0, min_open=True), default=8.0, show_default=True,
+              help="largest request body, in megabytes (images included); larger ones get 413")
 @click.option("--llava", "llava_dir", type=click.Path(), help="a LLaVA run's checkpoint (or work dir): MODEL is its LLM; requests may carry image_url parts")
 @click.option("--visual-encoder", type=click.Path(), help="the CLIP vision tower folder (with --llava)")
 @click.pass_obj
 def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool,
-              host: str, port: int, api_key: str | None, max_new_tokens: int, llava_dir: str | None, visual_encoder: str | None) -> None:
+              host: str, port: int, api_key: str | None, max_new_tokens: int, request_timeout: float, max_body_mb: float,
+              llava_dir: str | None, visual_encoder: str | None) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/models) with a chat page at /.
 
+    One request is answered at a time; an answer stops when its client disconnects or
+    --request-timeout passes. SIGTERM cuts running answers short and exits 0.
     Needs the serve extra: pip install 'ftcore[serve]'.
     """
+    import os
+
     from .loading import load_chat_model, plan_chat
     from .serve import check_server_deps, open_socket, serve
 
+    if api_key is None and os.environ.get("FTCORE_API_KEY") is not None:
+        api_key = os.environ["FTCORE_API_KEY"]  # click reads an empty variable as unset
+    if api_key is not None and not api_key.strip():
+        raise FtcoreError("the API key is empty (--api-key or FTCORE_API_KEY), which would switch authentication off: "
+                          "give a non-empty key, or neither to serve without one")
     check_server_deps()
     if llava_dir and not visual_encoder:
         raise FtcoreError("--llava needs --visual-encoder PATH")
@@ -197,7 +211,7 @@ def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, s
         chat_model = load_serve_model(model, llava_dir, visual_encoder, llm_builder=builder, template=template, system=system)
     else:
         chat_model = load_chat_model(app.parts, plan, warn=_warn)
-    serve(chat_model, sock, api_key=api_key, max_new_tokens=max_new_tokens)
+    serve(chat_model, sock, api_key=api_key, max_new_tokens=max_new_tokens, request_timeout=request_timeout, max_body_bytes=int(max_body_mb * 1_000_000))
 
 
 def add_chat_commands(cli: click.Group) -> None:

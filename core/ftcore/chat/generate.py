@@ -135,7 +135,8 @@ class Generation:
     that could be the start of a stop word is held back until it is clear. Afterwards
     ``text``, ``finish_reason`` (``stop`` or ``length``), ``prompt_tokens`` and
     ``completion_tokens`` describe the answer. Closing the iterator early (a client that
-    went away, Ctrl-C) stops generation at the next token.
+    went away, Ctrl-C), setting ``cancel`` or calling :meth:`interrupt` (from any thread)
+    stops generation at the next token.
     """
 
     def __init__(
@@ -170,6 +171,19 @@ class Generation:
         self.prompt_tokens = len(self.ids)
         self.completion_tokens = 0
         self.cancel = threading.Event()
+        self._interrupted: str | None = None  # the finish_reason an interrupt() asked for
+
+    def limit(self, max_new_tokens: int) -> None:
+        """Answer with at most ``max_new_tokens`` tokens (e.g. what fits in the model's context); before iterating."""
+        self.max_new_tokens = max_new_tokens
+        self.settings["max_new_tokens"] = max_new_tokens
+
+    def interrupt(self, finish_reason: str = "length") -> None:
+        """Stop at the next token, from any thread; an answer cut short this way ends with
+        ``finish_reason`` (e.g. "length" when a time limit passed)."""
+        if self._interrupted is None:
+            self._interrupted = finish_reason
+        self.cancel.set()
 
     def _run(self, streamer: Any, result: dict[str, Any]) -> None:
         import torch
@@ -250,10 +264,13 @@ class Generation:
             self.completion_tokens = len(tokens)
             if not stopped and not result.get("eos") and len(tokens) >= self.max_new_tokens:
                 self.finish_reason = "length"
+            elif not stopped and not result.get("eos") and self._interrupted is not None:
+                self.finish_reason = self._interrupted
             self.text = self.text.rstrip()
         finally:
             self.cancel.set()
-            thread.join(timeout=60)
+            if thread is not threading.current_thread():  # a generator closed by GC may be finalised anywhere
+                thread.join(timeout=60)
 
     def run(self) -> str:
         """Generate the whole answer and return it."""

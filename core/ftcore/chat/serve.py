@@ -1,22 +1,41 @@
 """``ftcore serve``: an OpenAI-compatible chat API and a web chat page (starlette + uvicorn).
 
 ``POST /v1/chat/completions`` (streamed as server-sent events or not), ``GET /v1/models``
-and the page at ``/``. One model answers one request at a time (requests queue on a lock).
-Bad request bodies get 400 with an OpenAI-style ``{"error": {...}}``; with an API key,
-``/v1`` needs ``Authorization: Bearer KEY`` (401 otherwise).
+and the page at ``/``. Owns the request limits and the request's life: bodies over
+``--max-body-mb`` get 413, prompts longer than the model's context 400 (``max_tokens`` is
+clamped to what fits), other bad bodies 400 and an unknown ``model`` 404, all as OpenAI-style
+``{"error": {...}}``; with an API key, ``/v1`` needs ``Authorization: Bearer KEY`` (401).
+One model answers one request at a time (:class:`OneAtATime`): each answer is generated in a
+thread of its own and cancelled when its client goes away or ``--request-timeout`` passes
+(the answer so far ends with ``finish_reason`` "length"). SIGTERM cuts in-flight answers
+short (an error event, or 503) and exits 0; Ctrl-C does the same and exits 130.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import itertools
 import json
+import math
+import sys
+import threading
 import time
 import uuid
+from collections import deque
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..errors import FtcoreError
-from .generate import ChatModel
+from .generate import ChatModel, Generation
+
+#: how often a waiting request checks whether its client is still there, in seconds
+POLL_S = 0.25
+#: after a deadline, how long the answer may take to stop at its next token, in seconds
+STOP_GRACE_S = 10.0
+#: an oversized body is read (and thrown away) up to this many times the limit before the 413
+DRAIN_FACTOR = 8
 
 ROLES = ("system", "user", "assistant")
 
@@ -47,6 +66,8 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"'{key}' must be a number, got {json.dumps(value)}", key)
+    if isinstance(value, float) and not math.isfinite(value):  # json.loads reads NaN and Infinity
+        raise BadRequest(f"'{key}' must be a finite number, got {value}", key)
     if value < low or value > high or (low_open and value == low):
         raise BadRequest(f"'{key}' must be {'>' if low_open else '>='} {low} and <= {high}, got {value}", key)
     return float(value)
@@ -126,8 +147,8 @@ def parse_request(body: Any, max_new_tokens: int, images: bool = False) -> dict[
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", "stream")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest("'seed' must be an integer", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
+        raise BadRequest("'seed' must be an integer that fits in 64 bits", "seed")
     settings = {
         "max_new_tokens": min(limit, max_new_tokens),
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
@@ -139,11 +160,209 @@ def parse_request(body: Any, max_new_tokens: int, images: bool = False) -> dict[
     return {"messages": clean, "settings": settings, "stream": stream}
 
 
-def create_app(chat: ChatModel, *, api_key: str | None = None, max_new_tokens: int = 512) -> Any:
-    """The starlette application serving ``chat``."""
+def context_length(chat: ChatModel) -> tuple[int | None, str]:
+    """The most tokens (prompt and answer together) the model takes, and where that number comes
+    from: the model config's ``max_position_embeddings`` (or a kin), the tokenizer's
+    ``model_max_length`` when it is a real limit (not transformers' "unset" 1e30), the smaller
+    of the two; ``(None, "")`` when neither says."""
+    found: list[tuple[int, str]] = []
+    config = getattr(chat.model, "config", None)
+    if config is not None and callable(getattr(config, "get_text_config", None)):
+        config = config.get_text_config()
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            found.append((value, f"the model config's {key}"))
+            break
+    value = getattr(chat.tokenizer, "model_max_length", None)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**9:
+        found.append((value, "the tokenizer's model_max_length"))
+    return min(found) if found else (None, "")
+
+
+class Unavailable(Exception):
+    """The model could not answer: busy until the deadline, or the server is stopping (503)."""
+
+
+class OneAtATime:
+    """Runs one :class:`Generation` at a time, each in a thread of its own, for the event loop.
+
+    A request takes the model in its coroutine (first come, first served, up to its deadline)
+    and the generation thread gives it back when it ends. So a request that goes away (its
+    iterator closed, its client disconnected, its deadline passed, the server stopping) only
+    sets the generation's ``cancel`` flag: generation stops at the next token, and no lock is
+    ever held across a ``yield``. A continuous-batching scheduler would replace this class.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._queue: deque[int] = deque()  # tickets of the requests waiting for the model
+        self._tickets = itertools.count()
+        self._changed = asyncio.Event()  # the model came free, a waiter left, or stop()
+        self._running: dict[Generation, Callable[[], None]] = {}  # generation -> wake its reader
+        self._threads: list[threading.Thread] = []
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Server shutdown: cut running answers short and turn waiting requests away."""
+        self.stopping = True
+        for generation, wake in list(self._running.items()):
+            generation.cancel.set()
+            wake()
+        self._changed.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds in all) for the generation threads to end."""
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
+
+    def _release(self) -> None:
+        self._busy = False
+        self._changed.set()
+
+    async def _take(self, deadline: float, gone: Callable[[], Awaitable[bool]] | None) -> bool:
+        """Wait for the model (first come, first served) and take it; False if the client left."""
+        loop = asyncio.get_running_loop()
+        ticket = next(self._tickets)
+        self._queue.append(ticket)
+        try:
+            while self._busy or self._queue[0] != ticket:
+                if self.stopping:
+                    raise Unavailable("the server is shutting down")
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise Unavailable("the model was busy with other requests for the whole --request-timeout; try again")
+                self._changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(remaining, POLL_S))
+                if gone is not None and await gone():
+                    return False
+            if self.stopping:
+                raise Unavailable("the server is shutting down")
+            self._busy = True
+            return True
+        finally:
+            self._queue.remove(ticket)
+            self._changed.set()  # the next in line looks again
+
+    async def stream(self, generation: Generation, deadline: float, gone: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str]:
+        """The pieces of ``generation``'s answer, generated once the model is free.
+
+        Ends early, and cancels the generation, when ``gone()`` says the client left or at
+        ``deadline`` (``loop.time()``), then with ``finish_reason`` "length". Raises
+        :class:`Unavailable` when the model does not come free in time or the server stops,
+        and re-raises the generation's own errors. Close it (``aclosing``) when done with it.
+        """
+        loop = asyncio.get_running_loop()
+        if not await self._take(deadline, gone):
+            return
+        pieces: deque[tuple[str, Any]] = deque()
+        arrived = asyncio.Event()
+
+        def post(kind: str, value: Any = None) -> None:  # from the generation thread
+            def put() -> None:
+                pieces.append((kind, value))
+                arrived.set()
+
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens any more
+                loop.call_soon_threadsafe(put)
+
+        def work() -> None:
+            try:
+                for piece in generation:
+                    post("piece", piece)
+                post("end")
+            except BaseException as exc:  # noqa: BLE001 - handed to the request, which answers with it
+                post("error", exc)
+            finally:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._release)
+
+        started = False
+        try:
+            self._running[generation] = arrived.set
+            thread = threading.Thread(target=work, name="ftcore-generation", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
+            started = True
+            stopping_at: float | None = None  # after a deadline: when to stop waiting for the last token
+            checked = loop.time()  # when gone() was last asked
+            while True:
+                while pieces:
+                    kind, value = pieces.popleft()
+                    if kind == "piece":
+                        yield value
+                    elif kind == "error":
+                        raise value
+                    else:
+                        return
+                if self.stopping:
+                    raise Unavailable("the server is shutting down; the answer was cut short")
+                now = loop.time()
+                if stopping_at is None and now >= deadline:
+                    generation.interrupt("length")  # the answer so far, ended as if by max_tokens
+                    stopping_at = now + STOP_GRACE_S
+                elif stopping_at is not None and now >= stopping_at:
+                    generation.finish_reason = "length"  # stuck in one forward pass: answer anyway
+                    return
+                if gone is not None and now - checked >= POLL_S:
+                    if await gone():
+                        return
+                    checked = loop.time()
+                if not pieces:  # (none came in meanwhile: clearing loses no wake-up)
+                    arrived.clear()
+                    wait = min(POLL_S, (stopping_at or deadline) - now)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), max(wait, 0.0))
+        finally:
+            generation.cancel.set()
+            self._running.pop(generation, None)
+            if not started:
+                self._release()
+
+
+def _log_failure(exc: BaseException) -> None:
+    """One line in the server's log for a failed generation (the client gets it too)."""
+    print(f"ftcore serve: generation failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def _sse_event(cid: str, created: int, model_id: str, delta: dict[str, Any], finish: str | None = None) -> str:
+    chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def _sse_error(message: str, kind: str = "server_error", code: str | None = None) -> str:
+    return f"data: {json.dumps({'error': {'message': message, 'type': kind, 'param': None, 'code': code}})}\n\n"
+
+
+async def _sse(pieces: AsyncIterator[str], generation: Generation, cid: str, created: int, model_id: str) -> AsyncIterator[str]:
+    """The answer as server-sent events of chat.completion.chunk objects, then [DONE]; an
+    ``{"error": ...}`` event instead of the end when generation fails or cannot go on."""
+    async with contextlib.aclosing(pieces):
+        yield _sse_event(cid, created, model_id, {"role": "assistant", "content": ""})
+        try:
+            async for piece in pieces:
+                yield _sse_event(cid, created, model_id, {"content": piece})
+        except Unavailable as exc:
+            yield _sse_error(str(exc), code="server_unavailable")
+            return
+        except Exception as exc:  # generation failed: said as OpenAI does, in the stream
+            _log_failure(exc)
+            yield _sse_error(f"generation failed: {type(exc).__name__}: {exc}")
+            return
+    yield _sse_event(cid, created, model_id, {}, generation.finish_reason)
+    yield "data: [DONE]\n\n"
+
+
+def create_app(chat: ChatModel, *, api_key: str | None = None, max_new_tokens: int = 512,
+               request_timeout: float = 300.0, max_body_bytes: int = 8_000_000) -> Any:
+    """The starlette application serving ``chat``; ``app.state.runner`` is its :class:`OneAtATime`."""
+    import anyio
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
 
@@ -152,6 +371,18 @@ def create_app(chat: ChatModel, *, api_key: str | None = None, max_new_tokens: i
 
     created = int(time.time())
     page = resources.files("ftcore.chat").joinpath("static/index.html").read_text(encoding="utf-8")
+    runner = OneAtATime()
+    context, context_source = context_length(chat)
+
+    class Stream(StreamingResponse):
+        """Closes its body iterator however the response ends, so the generation is cancelled
+        at once (and not when the abandoned generator is garbage-collected)."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
     def authorized(request: Request) -> bool:
         if not api_key:
@@ -171,44 +402,94 @@ def create_app(chat: ChatModel, *, api_key: str | None = None, max_new_tokens: i
             return unauthorized()
         return JSONResponse({"object": "list", "data": [{"id": chat.name, "object": "model", "created": created, "owned_by": f"ftcore {__version__}"}]})
 
-    def start(request_data: dict[str, Any]) -> Any:
-        generation = chat.generation(request_data["messages"], **request_data["settings"])  # renders the prompt
-        return generation
+    async def read_body(request: Request, deadline: float) -> bytes:
+        """The body, up to ``max_body_bytes``; past that 413, once the rest is read and thrown away
+        (up to a bound), so that the client, still sending, gets to read the answer."""
+        too_large = BadRequest(f"the request body is larger than this server's limit of {max_body_bytes} bytes (ftcore serve --max-body-mb)",
+                               status=413, code="request_too_large")
+        length = request.headers.get("content-length", "")
+        drain = length.isdigit() and int(length) > max_body_bytes
+        if drain and request.headers.get("expect", "").lower() == "100-continue":
+            raise too_large  # the client waits for a go-ahead before sending: nothing to read
+        chunks, size = [], 0
+        try:
+            with anyio.fail_after(max(deadline - asyncio.get_running_loop().time(), 0.0)):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_body_bytes:
+                        drain = True
+                    if drain:
+                        chunks = []
+                        if size > DRAIN_FACTOR * max_body_bytes:
+                            break  # enough: the connection closes under the client
+                    else:
+                        chunks.append(chunk)
+        except TimeoutError:
+            if drain:
+                raise too_large from None
+            raise BadRequest(f"the request body did not arrive within --request-timeout ({request_timeout:g} s)", status=408, code="request_timeout") from None
+        if drain:
+            raise too_large
+        return b"".join(chunks)
+
+    async def prepare(request: Request, deadline: float) -> tuple[dict[str, Any], Generation]:
+        """The validated request and its generation (prompt rendered, ``max_tokens`` fitted); raises BadRequest."""
+        raw = await read_body(request, deadline)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"the request body is not valid JSON: {str(exc)[:200]}") from None
+        data = parse_request(body, max_new_tokens, images=chat.accepts_images)
+        try:  # rendering and tokenizing a long prompt takes a while: off the event loop
+            generation = await run_in_threadpool(chat.generation, data["messages"], **data["settings"])
+        except (RecordError, FtcoreError) as exc:
+            raise BadRequest(getattr(exc, "message", str(exc)), "messages") from None
+        model = body.get("model")
+        if model is not None and model != chat.name:
+            raise BadRequest(f"The model '{model[:200]}' does not exist; this server serves: {chat.name}", "model", status=404, code="model_not_found")
+        if context is not None:
+            room = context - generation.prompt_tokens
+            if room < 1:
+                raise BadRequest(
+                    f"the prompt is {generation.prompt_tokens} tokens, but the model's context is {context} tokens ({context_source}), "
+                    "which leaves no room for an answer: shorten the conversation", "messages", code="context_length_exceeded",
+                )
+            if generation.max_new_tokens > room:
+                generation.limit(room)  # prompt + answer must fit in the context
+        return data, generation
 
     async def completions(request: Request) -> Any:
+        deadline = asyncio.get_running_loop().time() + request_timeout
         if not authorized(request):
             return unauthorized()
         try:
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-            data = parse_request(body, max_new_tokens, images=chat.accepts_images)
-            try:
-                generation = start(data)
-            except (RecordError, FtcoreError) as exc:
-                raise BadRequest(getattr(exc, "message", str(exc)), "messages") from None
+            data, generation = await prepare(request, deadline)
         except BadRequest as exc:
             return _error(exc.status, exc.message, exc.param, exc.code, exc.kind)
+        except ClientDisconnect:  # gone while sending its body: nobody to answer
+            return _error(400, "the client disconnected")
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
-        model_id = chat.name
+        pieces = runner.stream(generation, deadline, request.is_disconnected)
         if data["stream"]:
-            return StreamingResponse(_sse(chat, generation, cid, now, model_id), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-        def run() -> str:
-            with chat.lock:
-                return generation.run()
-
+            return Stream(_sse(pieces, generation, cid, now, chat.name), media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        text = []
         try:
-            text = await run_in_threadpool(run)
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    text.append(piece)
+        except Unavailable as exc:
+            return _error(503, str(exc), code="server_unavailable", kind="server_error")
         except Exception as exc:  # generation failed: a server error, said as OpenAI does
+            _log_failure(exc)
             return _error(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
+        answer = "".join(text).rstrip()
+        completion = generation.completion_tokens
         return JSONResponse({
-            "id": cid, "object": "chat.completion", "created": now, "model": model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": generation.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens, "total_tokens": generation.prompt_tokens + generation.completion_tokens},
+            "id": cid, "object": "chat.completion", "created": now, "model": chat.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": generation.finish_reason, "logprobs": None}],
+            "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion, "total_tokens": generation.prompt_tokens + completion},
         })
 
     async def not_found(request: Request, exc: Exception) -> Any:
@@ -222,28 +503,9 @@ def create_app(chat: ChatModel, *, api_key: str | None = None, max_new_tokens: i
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/chat/completions", completions, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
-
-
-def _sse(chat: ChatModel, generation: Any, cid: str, created: int, model_id: str) -> Iterator[str]:
-    """The answer as server-sent events of chat.completion.chunk objects, then [DONE]."""
-
-    def event(delta: dict[str, Any], finish: str | None = None) -> str:
-        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-
-    with chat.lock:  # a sync generator: starlette iterates it in a worker thread
-        yield event({"role": "assistant", "content": ""})
-        try:
-            for piece in generation:
-                yield event({"content": piece})
-        except Exception as exc:
-            error = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error", "param": None, "code": None}}
-            yield f"data: {json.dumps(error)}\n\n"
-            return
-        yield event({}, generation.finish_reason)
-        yield "data: [DONE]\n\n"
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
+    app.state.runner = runner
+    return app
 
 
 def open_socket(host: str, port: int) -> Any:
@@ -260,11 +522,30 @@ def open_socket(host: str, port: int) -> Any:
     return sock
 
 
-def serve(chat: ChatModel, sock: Any, *, api_key: str | None = None, max_new_tokens: int = 512) -> None:
-    """Serve ``chat`` on the bound socket ``sock`` until Ctrl-C/SIGTERM; print the address first."""
+def serve(chat: ChatModel, sock: Any, *, api_key: str | None = None, max_new_tokens: int = 512,
+          request_timeout: float = 300.0, max_body_bytes: int = 8_000_000) -> None:
+    """Serve ``chat`` on the bound socket ``sock`` until Ctrl-C/SIGTERM; print the address first.
+
+    On SIGTERM or Ctrl-C running answers are cut short and waiting requests turned away, so
+    uvicorn's graceful shutdown ends at once; SIGTERM then returns normally (exit 0), Ctrl-C
+    raises KeyboardInterrupt as usual.
+    """
+    import signal
+
     import uvicorn
 
-    app = create_app(chat, api_key=api_key, max_new_tokens=max_new_tokens)
+    app = create_app(chat, api_key=api_key, max_new_tokens=max_new_tokens, request_timeout=request_timeout, max_body_bytes=max_body_bytes)
+    runner: OneAtATime = app.state.runner
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if sig == signal.SIGTERM:
+                self.should_exit = True  # not re-raised after shutdown: a stop asked for is a clean exit
+            else:
+                super().handle_exit(sig, frame)
+            with contextlib.suppress(RuntimeError):  # a signal handler: let the loop do the work
+                asyncio.get_running_loop().call_soon_threadsafe(runner.stop)
+
     host, port = sock.getsockname()[:2]
     sock.listen(2048)  # connections made from now on wait in the backlog until uvicorn accepts them
     shown = f"[{host}]" if ":" in host else host
@@ -272,4 +553,7 @@ def serve(chat: ChatModel, sock: Any, *, api_key: str | None = None, max_new_tok
     if api_key:
         print("clients must send 'Authorization: Bearer <your --api-key>'", flush=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        runner.join(timeout=5)  # cancelled generations stop at their next token
