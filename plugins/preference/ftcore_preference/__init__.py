@@ -1,0 +1,13 @@
+"""The preference plugin: pair dataset formats (and the DPO, IPO, ORPO, SimPO and reward losses in ``losses``)."""
+
+from __future__ import annotations
+
+from ftcore import hookimpl
+
+
+@hookimpl
+def register_dataset_formats(register) -> None:
+    from .formats import FORMATS
+
+    for fmt in FORMATS:
+        register(fmt)
