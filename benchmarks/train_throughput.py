@@ -270,10 +270,11 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     import torch
 
     from ftcore.models.hf import HFBuilder
-    from ftcore.models.loading import load_base_model, prepare_for_training
+    from ftcore.models.loading import load_base_model
+    from ftcore.models.plan import IGNORE, prepare_for_training
     from ftcore.recipe import Recipe, validate
-    from ftcore.models.offload import cpu_inputs
-    from ftcore.train.loop import IGNORE, loss_sum, to_device
+    from ftcore.train.loop import to_device
+    from ftcore.train.objective import loss_sum
     from ftcore.train.optim import build_optimizer
 
     recipe = Recipe({
@@ -291,7 +292,8 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
-    model = prepare_for_training(model, recipe["model"], recipe["adapter"])
+    plan = prepare_for_training(model, recipe["model"], recipe["adapter"])
+    model = plan.model
     if "noskip" in args.mods:
         for m in model.modules():
             if hasattr(m, "_ftcore_forward"):
@@ -301,8 +303,8 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
 
         from ftcore.models import loss_head
 
-        loss_head._FrozenHeadChunkLoss.apply = lambda *a: checkpoint(loss_head._chunk_loss, *a, use_reentrant=False)
-    keep = tuple(k for k in cpu_inputs(model) if k != "labels" or "gpulabels" not in args.mods)
+        loss_head._frozen_chunk_sum = lambda *a: checkpoint(loss_head._chunk_loss, *a, use_reentrant=False)
+    keep = tuple(k for k in plan.cpu_inputs if k != "labels" or "gpulabels" not in args.mods)
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe["train"])
     micro, accum = [0], next((int(m[2:]) for m in args.mods if m.startswith("ga")), 1)
 
@@ -310,7 +312,7 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         n = int((batch["labels"][:, 1:] != IGNORE).sum())  # on the CPU copy: no device sync
         batch = to_device(batch, device, keep=keep)  # as the trainer does: pinned, no sync
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            lsum, _ = loss_sum(model, batch)
+            lsum, _ = loss_sum(model, batch, plan)
         (lsum / n).backward()
         micro[0] += 1
         if micro[0] % accum == 0:  # an optimizer step every `accum` micro batches (+gaN), as train.grad_accum does
@@ -356,7 +358,7 @@ def check_varlen() -> float:
     from ftcore.data.collate import collate_rows
     from ftcore.data.pack import Encoded, pack
     from ftcore.models.varlen import register
-    from ftcore.train.loop import loss_sum
+    from ftcore.train.objective import loss_sum
 
     register()
     cfg = LlamaConfig(hidden_size=512, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1024, vocab_size=1000)
@@ -386,8 +388,8 @@ def check_offload() -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftcore.models.loading import prepare_for_training
-    from ftcore.train.loop import loss_sum
+    from ftcore.models.plan import prepare_for_training
+    from ftcore.train.objective import loss_sum
 
     cfg = LlamaConfig(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1024, vocab_size=1000)
     ids = torch.randint(3, 1000, (1, 1024), generator=torch.Generator().manual_seed(0))
@@ -398,7 +400,7 @@ def check_offload() -> float:
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16)
         model_cfg = {"quantization": "none", "gradient_checkpointing": True, "offload_activations": offload, "offload_embeddings": offload, "chunked_loss": True}
         adapter = {"kind": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
-        model = prepare_for_training(model, model_cfg, adapter)
+        model = prepare_for_training(model, model_cfg, adapter).model
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02)

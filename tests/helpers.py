@@ -44,7 +44,8 @@ def lora_model(path: Path, quantization: str = "none", dropout: float = 0.3, **m
     import torch
 
     from ftcore.models.hf import HFBuilder
-    from ftcore.models.loading import load_base_model, prepare_for_training
+    from ftcore.models.loading import load_base_model
+    from ftcore.models.plan import prepare_for_training
 
     if quantization != "none":
         pytest.importorskip("bitsandbytes")
@@ -53,7 +54,7 @@ def lora_model(path: Path, quantization: str = "none", dropout: float = 0.3, **m
            "fused_lora": False, "compile": False, **model_cfg}
     adapter = {"kind": "lora", "r": 8, "alpha": 16, "dropout": dropout, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
     torch.manual_seed(0)
-    return prepare_for_training(load_base_model(cfg, HFBuilder(), torch.device("cpu"), "fp32"), cfg, adapter)
+    return prepare_for_training(load_base_model(cfg, HFBuilder(), torch.device("cpu"), "fp32"), cfg, adapter).model
 
 
 def adapter_step(model) -> tuple[float, dict]:
@@ -62,7 +63,7 @@ def adapter_step(model) -> tuple[float, dict]:
     adapter gradients."""
     import torch
 
-    from ftcore.train.loop import loss_sum
+    from ftcore.train.objective import loss_sum
 
     for name, p in model.named_parameters():
         if "lora_B" in name:

@@ -19,6 +19,7 @@ EXERCISED_BY = {
     "register_model_builders": ["register_model_builders", "internlm2"],
     "register_strategies": ["zero2", "ddp"],
     "register_training_hooks": ["evaluate_chat", "quickstart"],
+    "register_objectives": ["objective.name", "SFT()"],
     "register_commands": ["data", "merge"],
 }
 

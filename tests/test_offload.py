@@ -47,7 +47,7 @@ def test_offload_without_checkpointing_is_a_clear_error(tiny_llama) -> None:
     from transformers import AutoModelForCausalLM
 
     from ftcore.errors import FtcoreError
-    from ftcore.models.loading import prepare_for_training
+    from ftcore.models.plan import prepare_for_training
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
     cfg = {"quantization": "none", "gradient_checkpointing": False, "offload_activations": True, "chunked_loss": False}
@@ -61,7 +61,7 @@ def _prepared(tiny_llama, adapter_kind: str = "lora", **model_cfg):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftcore.models.loading import prepare_for_training
+    from ftcore.models.plan import prepare_for_training
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
@@ -74,15 +74,14 @@ def _prepared(tiny_llama, adapter_kind: str = "lora", **model_cfg):
 def test_offloaded_embeddings_give_the_same_loss_and_gradients(tiny_llama, offload_activations) -> None:
     import torch
 
-    from ftcore.models.offload import cpu_inputs
-
     results = []
     for offload in (False, True):
-        model = _prepared(tiny_llama, offload_embeddings=offload, offload_activations=offload_activations)
+        plan = _prepared(tiny_llama, offload_embeddings=offload, offload_activations=offload_activations)
+        model = plan.model
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(hash(name) % 1000))
-        assert cpu_inputs(model) == (("input_ids",) if offload else ())
+        assert plan.cpu_inputs == (("input_ids",) if offload else ())
         embedding = model.get_input_embeddings()
         assert hasattr(embedding, "_ftcore_device") == offload and not embedding.weight.requires_grad
         ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(1))

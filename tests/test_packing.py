@@ -90,7 +90,7 @@ def test_packed_loss_and_gradients_equal_samples_run_one_by_one(tiny_llama, attn
     from transformers import AutoModelForCausalLM
 
     from ftcore.models.loss_head import LossHead, install_loss_head
-    from ftcore.train.loop import loss_sum
+    from ftcore.train.objective import loss_sum
 
     from ftcore.models.varlen import register
 
@@ -188,7 +188,7 @@ def test_frozen_loss_head_gradients_computed_in_forward_equal_plain_cross_entrop
     from transformers import AutoModelForCausalLM
 
     from ftcore.models import loss_head
-    from ftcore.train.loop import loss_sum
+    from ftcore.train.objective import loss_sum
 
     ids, labels = samples(4, seed=5, max_len=40)
     packed = pack(Encoded.from_lists(ids, labels), 64, shuffle=False)

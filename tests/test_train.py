@@ -198,7 +198,9 @@ def test_loss_is_token_weighted_over_the_accumulated_batch(tiny_llama) -> None:
     from ftcore.data.pack import Encoded, pack
     from ftcore.recipe import Recipe, validate
     from ftcore.train.context import RunContext
-    from ftcore.train.loop import Schedule, Trainer, loss_sum
+    from ftcore.train.loop import Schedule, Trainer
+    from ftcore.train.objective import SFT, loss_sum
+    from ftcore.models.plan import TrainingPlan
     from ftcore.train.optim import build_optimizer, build_scheduler
     from ftcore.train.strategy import SingleStrategy
 
@@ -218,19 +220,20 @@ def test_loss_is_token_weighted_over_the_accumulated_batch(tiny_llama) -> None:
         parts = [loss_sum(model, collate(schedule.rows(g))) for g in range(2)]
     expected = sum(float(l) for l, _ in parts) / sum(int(n) for _, n in parts)
     mean_of_means = sum(float(l) / int(n) for l, n in parts) / 2
-    got = Trainer(ctx, opt, sched, schedule, collate, [], lambda: None, "fp32").train_step()["loss"]
+    got = Trainer(ctx, TrainingPlan(model), SFT(), opt, sched, schedule, collate, [], lambda: None, "fp32").train_step()["loss"]
     assert got == pytest.approx(expected, rel=1e-5)
     assert abs(got - mean_of_means) > 1e-3
 
 
 def test_training_runs_in_train_mode(tiny_llama) -> None:
     from ftcore.models.hf import HFBuilder
-    from ftcore.models.loading import load_base_model, prepare_for_training
+    from ftcore.models.loading import load_base_model
+    from ftcore.models.plan import prepare_for_training
     from ftcore.recipe import Recipe, validate
 
     recipe = Recipe({"model": {"builder": "hf", "path": str(tiny_llama)}, "data": {"path": "d"}}, "inline")
     validate(recipe)
     import torch
 
-    model = prepare_for_training(load_base_model(recipe["model"], HFBuilder(), torch.device("cpu"), "fp32"), recipe["model"], recipe["adapter"])
+    model = prepare_for_training(load_base_model(recipe["model"], HFBuilder(), torch.device("cpu"), "fp32"), recipe["model"], recipe["adapter"]).model
     assert model.training and all(m.training for m in model.modules())

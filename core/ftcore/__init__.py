@@ -10,3 +10,11 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("ftcore")
 
 __all__ = ["__version__", "hookimpl"]
+
+
+def __getattr__(name: str):  # ``ftcore.ModelBuilder`` etc.: the public API, re-exported lazily
+    import importlib
+
+    if name.startswith("__") or name == "api":
+        raise AttributeError(name)
+    return getattr(importlib.import_module("ftcore.api"), name)

@@ -38,6 +38,11 @@ def register_training_hooks(register) -> None:
 
 
 @hookimpl
+def register_objectives(register) -> None:
+    register("sft", "ftcore.train.objective:SFT", "next-token cross-entropy on the trained tokens (fine-tuning, pre-training)")
+
+
+@hookimpl
 def register_commands(cli) -> None:
     # Each module imports only click at load time; commands import what they need when run.
     from .chat.commands import add_chat_commands

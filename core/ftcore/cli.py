@@ -105,6 +105,7 @@ def print_plan(recipe: Any, app: App) -> None:
         f"data      {', '.join(map(str, paths))}",
         f"          format={data['format']} template={data['template']} max_length={data['max_length']} pack={data['pack']}",
         f"train     {steps}, lr {t['lr']} ({t['schedule']}, warmup {t['warmup_ratio']}), micro_batch {t['micro_batch']} x grad_accum {t['grad_accum']}, precision {t['precision']}, seed {t['seed']}",
+        f"objective {' '.join([d['objective']['name'], *(f'{k}={v}' for k, v in d['objective'].items() if k != 'name')])}",
         f"strategy  {s['name']}",
         f"hooks     {hooks}",
         f"work_dir  {d['work_dir']}  (checkpoints every {t['save_every'] or 'end'} steps, keep {t['save_total_limit'] or 'all'})",

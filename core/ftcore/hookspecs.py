@@ -74,6 +74,17 @@ def register_training_hooks(register: Register) -> None:
 
 
 @hookspec
+def register_objectives(register: Register) -> None:
+    """Register training objectives that recipes choose with ``objective.name``.
+
+    :param register: ``register(name, target, description="", options=None)``;
+        ``target`` is a subclass of ``ftcore.train.objective.Objective`` or a lazy
+        ``"module:attribute"`` reference, and ``options`` maps the ``objective.*`` keys it
+        takes (its constructor's keyword arguments) to ``ftcore.recipe.Field`` specs.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the ``ftcore`` command-line interface.
 

@@ -10,7 +10,7 @@ from .plugins import PluginManager, describe_exception, one_line, trace
 from .registry import Part, Registry
 
 #: What one part of each kind is called in messages.
-LABELS = {"recipes": "recipe", "formats": "dataset format", "templates": "template", "models": "model builder", "strategies": "strategy", "hooks": "training hook"}
+LABELS = {"recipes": "recipe", "formats": "dataset format", "templates": "template", "models": "model builder", "strategies": "strategy", "hooks": "training hook", "objectives": "objective"}
 
 #: CLI names of the part kinds, in display order, with the hook that fills each.
 KINDS: dict[str, str] = {
@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "models": "register_model_builders",
     "strategies": "register_strategies",
     "hooks": "register_training_hooks",
+    "objectives": "register_objectives",
 }
 
 
@@ -33,6 +34,7 @@ class Parts:
     models: Registry
     strategies: Registry
     hooks: Registry
+    objectives: Registry
 
     def kind(self, name: str) -> Registry:
         return getattr(self, name)
@@ -134,6 +136,7 @@ _REGISTRARS: dict[str, Callable[[_Staging], Callable[..., None]]] = {
     "models": _named_registrar,
     "strategies": _named_registrar,
     "hooks": _named_registrar,
+    "objectives": _named_registrar,
 }
 
 

@@ -150,6 +150,9 @@ SCHEMA: dict[str, Any] = {
         "log_every": F(int, 1, "log every N optimizer steps", ge=1),
         "device": F(str, "auto", "auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?"),
     },
+    "objective": {
+        "name": F(str, "sft", "what training optimises: sft, or an objective a plugin adds (`ftcore list objectives`)", registry="objectives"),
+    },
     "strategy": {
         "name": F(str, "single", "how the run is spread over devices", registry="strategies"),
         "config": F((dict, str), None, "strategy settings (e.g. DeepSpeed keys, or a JSON file path)"),
@@ -160,7 +163,7 @@ SCHEMA: dict[str, Any] = {
 SECTIONS = [k for k, v in SCHEMA.items() if isinstance(v, dict)]
 
 #: Sections that also take the options of the part they name: section -> (registry, key naming the part).
-PART_OPTIONS = {"model": ("models", "builder"), "strategy": ("strategies", "name")}
+PART_OPTIONS = {"model": ("models", "builder"), "strategy": ("strategies", "name"), "objective": ("objectives", "name")}
 
 
 @dataclass
@@ -509,7 +512,7 @@ def created_by_hooks(data: dict[str, Any], parts: Any) -> set[str]:
     """The recipe keys (e.g. ``data.path``) whose files a hook of the recipe creates when the run starts."""
     created: set[str] = set()
     for entry in data["hooks"]:
-        created.update(getattr(parts.hooks.get(entry["name"]), "creates", ()))
+        created.update(parts.hooks.get(entry["name"]).creates)
     return created
 
 

@@ -1,31 +1,58 @@
-"""The model-builder protocol: how a recipe's ``model`` section becomes a tokenizer and a model."""
+"""The model-builder base class: how a recipe's ``model`` section becomes a tokenizer, a model and a training plan."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from .plan import TrainingPlan
 
 
-class ModelBuilder(Protocol):
-    """What a registered model builder provides.
+class ModelBuilder:
+    """Base class of a registered model builder; override what your model family needs.
 
-    ``load_model`` receives ordinary ``from_pretrained`` keyword arguments prepared by the
-    core (``dtype``, ``quantization_config``, ``attn_implementation``, ``device_map``,
-    ``trust_remote_code``) and returns a transformers ``PreTrainedModel``. ``save`` writes
-    a (merged or fully fine-tuned) model in the builder's native layout as safetensors.
+    ``load_tokenizer`` and ``load_model`` are required. ``load_model`` receives ordinary
+    ``from_pretrained`` keyword arguments prepared by the core (``dtype``,
+    ``quantization_config``, ``attn_implementation``, ``device_map``, ``trust_remote_code``)
+    and returns a transformers ``PreTrainedModel``. Every other method has a default that
+    suits a plain causal LM.
     """
 
-    def load_tokenizer(self, path: str, trust_remote_code: bool = False) -> Any: ...
+    def load_tokenizer(self, path: str, trust_remote_code: bool = False) -> Any:
+        raise NotImplementedError
 
-    def load_model(self, path: str, **kwargs: Any) -> Any: ...
+    def load_model(self, path: str, **kwargs: Any) -> Any:
+        raise NotImplementedError
 
-    def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None: ...
+    def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None:
+        """Write a (merged or fully fine-tuned) model as safetensors, in the builder's ``native``
+        layout or, where it differs, Llama's (``layout="llama"``)."""
+        model.save_pretrained(str(out_dir), max_shard_size=max_shard_size, safe_serialization=True)
 
-    # Optional methods, looked up with getattr by the runner (the llava plugin uses them all):
-    # - ``configure(model_cfg, parts) -> builder``: a per-run builder that knows its model.* options;
-    # - ``prepare_batch(batch) -> batch``: carried per-sample extras (e.g. ``image`` paths) into
-    #   model inputs (e.g. ``pixel_values``) while collating;
-    # - ``prepare_for_training(model, model_cfg, adapter_cfg) -> model``: replaces the core's
-    #   adapter set-up (e.g. LoRA on the LLM and on the vision tower, a trainable projector);
-    # - ``save_checkpoint(model, folder)`` / ``load_checkpoint(model, folder)``: replace the
-    #   core's PEFT/HF checkpoint layout.
+    def configure(self, model_cfg: dict[str, Any], parts: Any) -> "ModelBuilder":
+        """The builder for one run's ``model`` section (a builder with ``model.*`` options binds them here)."""
+        return self
+
+    def data_key(self) -> str:
+        """What besides the recipe's data section shapes processed data (part of the cache key)."""
+        return ""
+
+    def prepare_for_training(self, model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> TrainingPlan:
+        """Adapters, freezing and the speed levers: the core's :data:`ftcore.models.plan.TRANSFORMS`."""
+        from .plan import prepare_for_training
+
+        return prepare_for_training(model, model_cfg, adapter_cfg)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A collated batch as the model takes it (e.g. image paths -> ``pixel_values``)."""
+        return batch
+
+    def save_checkpoint(self, model: Any, folder: Path) -> None:
+        """The trained weights into a checkpoint folder: an adapter in PEFT's layout, or the full model."""
+        model.save_pretrained(str(folder), safe_serialization=True)
+
+    def load_checkpoint(self, model: Any, folder: Path) -> None:
+        """Put what :meth:`save_checkpoint` wrote back into ``model`` (resume)."""
+        from .checkpoint_weights import load_trained_weights
+
+        load_trained_weights(model, folder)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FtcoreError
+from .builder import ModelBuilder
 
 
 def check_model_dir(path: str) -> Path:
@@ -56,7 +57,7 @@ def _refuse_remote_code(exc: ValueError, path: str) -> FtcoreError:
     )
 
 
-class HFBuilder:
+class HFBuilder(ModelBuilder):
     """Loads with ``AutoTokenizer``/``AutoModelForCausalLM``; saves with ``save_pretrained``."""
 
     def load_tokenizer(self, path: str, trust_remote_code: bool = False) -> Any:
@@ -86,8 +87,6 @@ class HFBuilder:
                 raise _refuse_remote_code(exc, path) from None
             raise
 
-    def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None:
-        model.save_pretrained(str(out_dir), max_shard_size=max_shard_size, safe_serialization=True)
 
 
 build = HFBuilder()

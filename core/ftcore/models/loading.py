@@ -1,4 +1,4 @@
-"""Loading a base model for training: precision, quantisation (NF4/int8), checkpointing, adapters."""
+"""Loading a base model for training: builder and tokenizer, precision, quantisation (NF4/int8), LoRA targets, compile."""
 
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 def builder_and_tokenizer(model_cfg: dict[str, Any], parts: Any) -> tuple[Any, Any]:
     """The run's model builder (configured with its ``model.*`` options when it takes them)
     and the tokenizer it loads, with a pad token."""
-    builder = parts.models.get(model_cfg["builder"])
-    configure = getattr(builder, "configure", None)
-    if configure is not None:
-        builder = configure(model_cfg, parts)
+    builder = parts.models.get(model_cfg["builder"]).configure(model_cfg, parts)
     tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -23,8 +20,8 @@ def builder_and_tokenizer(model_cfg: dict[str, Any], parts: Any) -> tuple[Any, A
 
 
 def data_key(builder: Any) -> str:
-    """What besides the recipe's data section shapes processed data (e.g. llava's image folder)."""
-    return getattr(builder, "data_key", lambda: "")()
+    """What besides the recipe's data section shapes processed data (see ``ModelBuilder.data_key``)."""
+    return builder.data_key()
 
 
 def resolve_precision(requested: str, device: Any) -> str:
@@ -101,54 +98,6 @@ def lora_targets(model: Any, targets: Any) -> Any:
     return sorted(names)
 
 
-def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> Any:
-    """Gradient checkpointing, k-bit preparation and the adapter (LoRA/QLoRA) or full training."""
-    quantized = model_cfg["quantization"] != "none"
-    if model_cfg.get("chunked_loss", True):
-        from .loss_head import install_loss_head
-
-        install_loss_head(model)
-    if quantized:
-        # peft's prepare_model_for_kbit_training also upcasts every non-quantized weight
-        # (norms, embeddings, head) to fp32, which makes activations fp32 and adds a cast
-        # around every layer (a quarter of the GPU time on an H100, see RESULTS.md). The
-        # base is frozen either way; we keep its dtype and only freeze it.
-        for p in model.parameters():
-            p.requires_grad_(False)
-    if model_cfg["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if model_cfg.get("offload_activations"):
-        from .offload import offload_checkpointed_inputs
-
-        if not model_cfg["gradient_checkpointing"] or not offload_checkpointed_inputs(model):
-            raise FtcoreError(
-                "model.offload_activations keeps the inputs of gradient-checkpointed layers on the CPU, but no layer is checkpointed",
-                where="model.offload_activations",
-                hint="set model.gradient_checkpointing=true (or drop model.offload_activations)",
-            )
-    model.train()  # from_pretrained returns eval mode: no dropout, no gradient checkpointing
-    if adapter_cfg["kind"] == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-    else:
-        model = _add_lora(model, adapter_cfg)
-        if model_cfg.get("fused_lora"):
-            from .fused_lora import fuse_lora_layers
-
-            fuse_lora_layers(model)
-    if model_cfg.get("offload_activations"):  # ftcore's own checkpoint marks its replays
-        from .replay import skip_in_replay
-
-        skip_in_replay(model)
-    if model_cfg.get("offload_embeddings"):
-        from .offload import offload_embeddings
-
-        offload_embeddings(model)
-    if model_cfg.get("compile"):
-        compile_layers(model)
-    return model
-
-
 def compile_layers(model: Any) -> int:
     """``torch.compile`` every decoder layer in place (regional compilation: the layers share one
     compiled graph, so compiling costs one layer's time, not the model's). Returns how many."""
@@ -164,21 +113,6 @@ def compile_layers(model: Any) -> int:
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
-
-
-def _add_lora(model: Any, adapter_cfg: dict[str, Any]) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=adapter_cfg["r"],
-        lora_alpha=adapter_cfg["alpha"],
-        lora_dropout=adapter_cfg["dropout"],
-        target_modules=lora_targets(model, adapter_cfg["targets"]),
-        modules_to_save=adapter_cfg["modules_to_save"],
-        bias=adapter_cfg["bias"],
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

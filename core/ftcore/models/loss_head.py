@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,15 +18,16 @@ IGNORE = -100
 CHUNK_BYTES = 256 << 20
 
 
-def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, reduction: str = "sum") -> torch.Tensor:
     logits = F.linear(hidden, weight, bias).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return F.cross_entropy(logits, targets, reduction=reduction)
 
 
 class _FrozenHeadChunkLoss(torch.autograd.Function):
-    """One chunk's summed cross-entropy through a frozen head, with the gradient of ``hidden``
+    """One chunk's per-token cross-entropy through a frozen head, with the gradient of ``hidden``
     computed in forward while the logits exist (softmax minus one-hot, times the weight): the
-    backward only scales it, so the logits are never recomputed and nothing tokens x vocab is kept."""
+    backward only scales its rows, so the logits are never recomputed and nothing tokens x vocab
+    is kept."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -32,7 +35,7 @@ class _FrozenHeadChunkLoss(torch.autograd.Function):
         dtype = logits.dtype
         logits = logits.float()
         lse = torch.logsumexp(logits, dim=-1)
-        loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+        loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
         grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
         grad[torch.arange(targets.numel(), device=grad.device), targets] -= 1
         ctx.save_for_backward(torch.matmul(grad.to(dtype), weight.to(dtype)).to(hidden.dtype))
@@ -41,14 +44,26 @@ class _FrozenHeadChunkLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[Any, ...]:
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None, None
+        return grad_hidden * grad_loss.to(grad_hidden.dtype)[:, None], None, None, None
+
+
+def _frozen_chunk_sum(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _FrozenHeadChunkLoss.apply(hidden, targets, weight, bias).sum()
+
+
+@dataclass
+class HeadResult:
+    """What the head computed for one forward: the loss (``value``) and, per token, the positions."""
+
+    value: Any = None
+    positions: Any = None
 
 
 class LossHead(nn.Module):
     """Drop-in replacement for a causal LM's output ``nn.Linear``.
 
-    Normally it is that linear layer (generation is unchanged). While ``targets`` holds the
-    batch's labels (on any device) it instead returns the summed next-token cross-entropy,
+    Normally it is that linear layer (generation is unchanged). Inside :meth:`computing` (with
+    the batch's labels, on any device) it instead returns the next-token cross-entropy,
     computed only at trained positions and ``chunk`` tokens at a time, so the full
     ``tokens x vocab`` logits (and their fp32 copy) never exist at once. A frozen head
     (adapters) computes each chunk's input gradient in forward; a trained one recomputes the
@@ -63,28 +78,47 @@ class LossHead(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # by default a chunk's fp32 logits stay under CHUNK_BYTES (640 tokens for a 92k vocabulary)
         self.chunk = chunk if chunk is not None else max(128, CHUNK_BYTES // (4 * linear.out_features) // 128 * 128)
-        self.targets: torch.Tensor | None = None
+        self._targets: torch.Tensor | None = None
+        self._reduction = "sum"
+        self._result: HeadResult | None = None
+
+    @contextlib.contextmanager
+    def computing(self, labels: torch.Tensor, reduction: str = "sum") -> Iterator[HeadResult]:
+        """While inside, a forward returns the next-token loss for ``labels`` instead of logits:
+        summed (``reduction="sum"``) or per trained token (``"none"``; their positions in the
+        flattened shifted labels land in the yielded result's ``positions``)."""
+        result = HeadResult()
+        self._targets, self._reduction, self._result = labels, reduction, result
+        try:
+            yield result
+        finally:
+            self._targets = self._result = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.targets is None:
+        if self._targets is None:
             return F.linear(hidden, self.weight, self.bias)
-        y = self.targets[:, 1:].reshape(-1)
-        keep = (y != IGNORE).nonzero().squeeze(1)  # targets in CPU memory (see cpu_inputs): no device sync
+        y = self._targets[:, 1:].reshape(-1)
+        keep = (y != IGNORE).nonzero().squeeze(1)  # targets in CPU memory (see TrainingPlan.cpu_inputs): no device sync
         y = y.index_select(0, keep)
         if keep.device != hidden.device:
             pin = hidden.device.type == "cuda"
             keep, y = ((t.pin_memory() if pin else t).to(hidden.device, non_blocking=pin) for t in (keep, y))
+        self._result.positions = keep
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, keep)
+        per_token = self._reduction == "none"
         grad = torch.is_grad_enabled()
         if grad and hidden.requires_grad and not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad):
-            chunk_loss: Any = _FrozenHeadChunkLoss.apply
+            chunk_loss: Any = _FrozenHeadChunkLoss.apply if per_token else _frozen_chunk_sum
         elif grad and not hasattr(self.weight, "ds_id"):  # recompute in backward (ZeRO-3 params live only in forward)
-            chunk_loss = lambda *args: checkpoint(_chunk_loss, *args, use_reentrant=False)  # noqa: E731
+            chunk_loss = lambda *args: checkpoint(_chunk_loss, *args, self._reduction, use_reentrant=False)  # noqa: E731
         else:
-            chunk_loss = _chunk_loss
+            chunk_loss = lambda *args: _chunk_loss(*args, self._reduction)  # noqa: E731
+        chunks = [chunk_loss(h[s : s + self.chunk], y[s : s + self.chunk], self.weight, self.bias) for s in range(0, y.numel(), self.chunk)]
+        if per_token:
+            return torch.cat(chunks) if chunks else hidden.new_zeros((0,), dtype=torch.float32)
         total = hidden.new_zeros((), dtype=torch.float32)
-        for s in range(0, y.numel(), self.chunk):
-            total = total + chunk_loss(h[s : s + self.chunk], y[s : s + self.chunk], self.weight, self.bias)
+        for c in chunks:
+            total = total + c
         return total
 
 

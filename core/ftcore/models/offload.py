@@ -137,7 +137,7 @@ def offload_checkpointed_inputs(model: Any) -> int:
 
 def _cpu_embedding_forward(self: Any, ids: torch.Tensor) -> torch.Tensor:
     """Gather the rows on the CPU; only they travel (pinned, asynchronously) to the GPU."""
-    ids = ids.cpu()  # a no-op when the trainer kept input_ids on the CPU (see cpu_inputs)
+    ids = ids.cpu()  # a no-op when the trainer kept input_ids on the CPU (see TrainingPlan.cpu_inputs)
     device = self._ftcore_device
     rows = torch.empty((ids.numel(), self.weight.shape[1]), dtype=self.weight.dtype, pin_memory=device.type == "cuda")
     torch.index_select(self.weight, 0, ids.reshape(-1), out=rows)
@@ -162,14 +162,3 @@ def offload_embeddings(model: Any) -> None:
     embedding._ftcore_device = embedding.weight.device
     embedding.weight.data = embedding.weight.data.to("cpu")
     embedding.forward = MethodType(_cpu_embedding_forward, embedding)
-    model.ftcore_cpu_inputs = ("input_ids",)
-
-
-def cpu_inputs(model: Any) -> tuple[str, ...]:
-    """Batch keys the model wants to receive in CPU memory: ``input_ids`` when its embeddings are
-    offloaded, ``labels`` when its loss head computes the loss (it finds the trained positions
-    there without waiting for the GPU, and sends only those)."""
-    from .loss_head import find_loss_head
-
-    keys = tuple(getattr(model, "ftcore_cpu_inputs", ()))
-    return keys + ("labels",) if find_loss_head(model) is not None else keys

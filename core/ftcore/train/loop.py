@@ -13,8 +13,6 @@ import numpy as np
 from ..errors import FtcoreError
 from .context import RunContext
 
-IGNORE = -100
-
 
 @dataclass
 class Schedule:
@@ -78,35 +76,6 @@ def total_steps(train_cfg: dict[str, Any], schedule: Schedule) -> int:
     return max(1, math.ceil(train_cfg["epochs"] * schedule.per_epoch / train_cfg["grad_accum"]))
 
 
-def loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-    """Sum of next-token cross-entropy over trained tokens, and how many tokens were trained
-    (a 0-d tensor on the labels' device: reading it from a GPU waits for the device, so callers
-    that know the count already do not). The labels may stay in CPU memory (see ``cpu_inputs``)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..models.loss_head import find_loss_head
-    from ..models.varlen import attach_boundaries
-
-    labels = batch["labels"]
-    inputs = attach_boundaries({k: v for k, v in batch.items() if k != "labels" and isinstance(v, (torch.Tensor, int))})
-    shift_labels = labels[:, 1:]
-    n = (shift_labels != IGNORE).sum()
-    head = find_loss_head(model)
-    if head is not None:  # the head returns the loss sum itself (chunked, trained tokens only)
-        head.targets = labels
-        try:
-            return model(**inputs, use_cache=False).logits, n
-        finally:
-            head.targets = None
-    logits = model(**inputs, use_cache=False).logits
-    shift_labels = shift_labels.to(logits.device)
-    loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss, n
-
-
 def to_device(batch: dict[str, Any], device: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
     """A collated batch's tensors on ``device``, except the ``keep`` keys. CPU tensors go through
     pinned memory, so the copy is queued behind the GPU's work instead of waiting for it."""
@@ -148,8 +117,9 @@ class StopRequested:
 class Trainer:
     """Runs optimizer steps from ``ctx.step`` to ``ctx.total_steps`` with hooks and checkpoints."""
 
-    def __init__(self, ctx: RunContext, optimizer: Any, scheduler: Any, schedule: Schedule, collate: Callable[[list[int]], dict[str, Any]], hooks: list[Any], save: Callable[[], Any], precision: str) -> None:
-        self.ctx, self.optimizer, self.scheduler = ctx, optimizer, scheduler
+    def __init__(self, ctx: RunContext, plan: Any, objective: Any, optimizer: Any, scheduler: Any, schedule: Schedule,
+                 collate: Callable[[list[int]], dict[str, Any]], hooks: list[Any], save: Callable[[], Any], precision: str) -> None:
+        self.ctx, self.plan, self.objective, self.optimizer, self.scheduler = ctx, plan, objective, optimizer, scheduler
         self.schedule, self.collate, self.hooks, self.save = schedule, collate, hooks, save
         self.precision = precision
         train = ctx.recipe["train"]
@@ -157,9 +127,6 @@ class Trainer:
         self.save_every = train["save_every"]
         self.log_every = max(1, train["log_every"])
         self.row_lengths = ctx.data.row_lengths()
-        from ..models.offload import cpu_inputs
-
-        self.cpu_inputs = cpu_inputs(ctx.strategy.unwrap(ctx.model))
 
     def _autocast(self) -> Any:
         import contextlib
@@ -172,33 +139,34 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step: loss = sum over trained tokens / all trained tokens of the step."""
+        """One optimizer step: the objective's summed loss over the step's micro batches, divided
+        by their total weight (trained tokens for SFT) across every process."""
         import torch
 
-        ctx, strategy = self.ctx, self.ctx.strategy
+        ctx, strategy, objective = self.ctx, self.ctx.strategy, self.objective
         first = ctx.step * self.grad_accum
         rows = [self.schedule.rows(g) for g in range(first, first + self.grad_accum)]
         batches = [self.collate(r) for r in rows]
-        local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        total = strategy.all_reduce_sum(float(local))
+        total = strategy.all_reduce_sum(float(sum(objective.weight(b) for b in batches)))
         if total == 0:
-            raise FtcoreError(f"step {ctx.step + 1} has no trained tokens", hint="check data.template and the format; `ftcore data show` shows which tokens are trained")
+            raise FtcoreError(f"step {ctx.step + 1} has no {objective.weight_name.replace('_', ' ')}", hint="check data.template and the format; `ftcore data show` shows which tokens are trained")
         # Gradient averaging across ranks divides by world_size; scale it back so the
-        # result is the token-weighted mean over the whole global batch.
+        # result is the weighted mean over the whole global batch.
         scale = strategy.world_size / total
-        loss_value = torch.zeros((), device=strategy.device)
+        sums: dict[str, Any] = {"loss": torch.zeros((), device=strategy.device)}
         for i, batch in enumerate(batches):
-            batch = to_device(batch, strategy.device, keep=self.cpu_inputs)
+            batch = to_device(batch, strategy.device, keep=self.plan.cpu_inputs)
             with self._autocast():
-                lsum, _ = loss_sum(ctx.model, batch)
+                lsum, metrics = objective.loss(self.plan, ctx.model, batch)
             strategy.backward(lsum * scale, last=i == len(batches) - 1)
-            loss_value += lsum.detach().float()  # read back once per step, not per micro batch
-        loss = strategy.all_reduce_sum(float(loss_value)) / total
-        if not math.isfinite(loss):
-            return {"loss": loss}
-        grad_norm = strategy.step()
+            for name, value in (("loss", lsum), *metrics.items()):  # read back once per step, not per micro batch
+                sums[name] = sums.get(name, 0.0) + (value.detach().float() if isinstance(value, torch.Tensor) else value)
+        out = {name: strategy.all_reduce_sum(float(value)) / total for name, value in sums.items()}
+        if not math.isfinite(out["loss"]):
+            return out
+        out["grad_norm"] = strategy.step()
         real = strategy.all_reduce_sum(float(self.row_lengths[np.concatenate(rows)].sum()))  # non-padding tokens, all ranks
-        return {"loss": loss, "grad_norm": grad_norm, "trained_tokens": int(total), "real_tokens": int(real)}
+        return {**out, objective.weight_name: int(total), "real_tokens": int(real)}
 
     def run(self) -> str:
         """Train to the end; returns ``done``, ``stopped`` (signal) or raises on NaN."""

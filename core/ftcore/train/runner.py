@@ -43,15 +43,7 @@ def make_hooks(recipe: Any, parts: Any) -> list[Any]:
     for entry in recipe["hooks"]:
         options = {k: v for k, v in entry.items() if k != "name"}
         hooks.append(parts.hooks.get(entry["name"])(**options))
-    return sorted(hooks, key=lambda hook: getattr(hook, "order", 0))  # stable: recipe order otherwise
-
-
-def _write_model(model: Any, folder: Path, builder: Any = None) -> None:
-    """Adapter (PEFT layout) or full model (HF safetensors) into ``folder``; a builder may write its own layout."""
-    save = getattr(builder, "save_checkpoint", None)
-    if save is not None:
-        return save(model, folder)
-    model.save_pretrained(str(folder), safe_serialization=True)
+    return sorted(hooks, key=lambda hook: hook.order)  # stable: recipe order otherwise
 
 
 def record_base_model(folder: Path, base: str) -> None:
@@ -66,25 +58,11 @@ def record_base_model(folder: Path, base: str) -> None:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _load_model_weights(model: Any, folder: Path, builder: Any = None) -> None:
-    from safetensors.torch import load_file
-
-    load = getattr(builder, "load_checkpoint", None)
-    if load is not None:
-        return load(model, folder)
-    if (folder / "adapter_model.safetensors").is_file():
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
-    else:
-        from transformers.modeling_utils import load_sharded_checkpoint
-
-        if (folder / "model.safetensors").is_file():
-            missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-            if unexpected:
-                raise FtcoreError(f"checkpoint {folder} does not match the model (unexpected keys {unexpected[:3]})")
-        else:
-            load_sharded_checkpoint(model, str(folder), strict=False)
+def make_objective(recipe: Any, parts: Any) -> Any:
+    """The recipe's objective (``objective.name``) with its options."""
+    section = recipe["objective"]
+    options = {k: v for k, v in section.items() if k != "name"}
+    return parts.objectives.get(section["name"])(**options)
 
 
 class Run:
@@ -103,7 +81,7 @@ class Run:
 
     def build(self) -> None:
         from ..data.pipeline import prepare_data
-        from ..models.loading import builder_and_tokenizer, count_parameters, data_key, load_base_model, prepare_for_training, resolve_precision
+        from ..models.loading import builder_and_tokenizer, count_parameters, load_base_model, resolve_precision
         from .strategy import resolve_device
 
         recipe, parts, ctx = self.recipe, self.parts, self.ctx
@@ -128,12 +106,12 @@ class Run:
         ctx.data, ctx.data_report = prepare_data(
             data_cfg, parts.formats, tokenizer, ctx.template, train_cfg["seed"],
             is_main=ctx.is_main, barrier=strategy.barrier, log=self.log,
-            extra_key=data_key(builder),
+            extra_key=builder.data_key(),
         )
         model = load_base_model(model_cfg, builder, strategy.device, self.precision)
-        model = getattr(builder, "prepare_for_training", prepare_for_training)(model, model_cfg, recipe["adapter"])
-        # varlen attention takes a micro batch as one flat row: no compute spent on padding
-        self.flat = getattr(model.config, "_attn_implementation", None) == "ftcore_varlen" and not hasattr(builder, "prepare_batch")
+        self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"])
+        model = self.plan.model
+        self.objective = make_objective(recipe, parts)
         trainable, total = count_parameters(model)
         quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
         self.log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({recipe['adapter']['kind']}{quant}), {self.precision} on {strategy.device}")
@@ -161,9 +139,8 @@ class Run:
     def collate(self, rows: list[int]) -> dict[str, Any]:
         from ..data.collate import collate_rows
 
-        batch = collate_rows([self.ctx.data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id, flat=self.flat)
-        prepare = getattr(self.builder, "prepare_batch", None)  # e.g. images -> pixel_values
-        return prepare(batch) if prepare else batch
+        batch = collate_rows([self.ctx.data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id, flat=self.plan.flat)
+        return self.builder.prepare_batch(batch)  # e.g. images -> pixel_values
 
     def save(self) -> Path:
         """Write ``checkpoint-STEP``; every rank takes part (sharded engines save their shards)."""
@@ -175,7 +152,7 @@ class Run:
         strategy.barrier()
         with strategy.gathered(model):
             if ctx.is_main:
-                _write_model(model, tmp, self.builder)
+                self.builder.save_checkpoint(model, tmp)
         strategy.save_state(tmp)
         strategy.barrier()
         folder = self.work_dir / f"checkpoint-{ctx.step}"
@@ -208,8 +185,8 @@ class Run:
             how = ("the learning rate follows the schedule planned for the new length" if state["step"] >= state["total_steps"]
                    else "the learning rate goes on from where it was to the end of the schedule over the remaining steps")
             self.log(f"the checkpoint was made for {state['total_steps']} steps, this run has {self.ctx.total_steps}: {how}")
-        if not getattr(self.ctx.strategy, "restores_model", False):
-            _load_model_weights(self.ctx.strategy.unwrap(self.ctx.model), folder, self.builder)
+        if not self.ctx.strategy.restores_model:
+            self.builder.load_checkpoint(self.ctx.strategy.unwrap(self.ctx.model), folder)
         self.ctx.strategy.load_state(folder)
         if state["total_steps"] != self.ctx.total_steps:
             from .optim import sync_learning_rate
@@ -237,7 +214,7 @@ class Run:
             (self.work_dir / "recipe.yaml").write_text(self.saved_recipe.to_yaml())
         for hook in self.hooks:
             hook.before_train(ctx)
-        trainer = Trainer(ctx, self.optimizer, self.scheduler, self.schedule, self.collate, self.hooks, self.save, self.precision)
+        trainer = Trainer(ctx, self.plan, self.objective, self.optimizer, self.scheduler, self.schedule, self.collate, self.hooks, self.save, self.precision)
         outcome = trainer.run()
         if outcome == "stopped":
             self.log(f"[yellow]stopped at step {ctx.step}/{ctx.total_steps}; checkpoint saved.[/yellow] Resume with:\n  {self.resume_command()}")

@@ -1,53 +1,73 @@
-"""The strategy protocol (how a run uses devices and processes) and the ``single`` strategy."""
+"""The strategy base class (how a run uses devices and processes) and the ``single`` and ``ddp`` strategies."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 
-class Strategy(Protocol):
-    """How a training run is spread over devices.
+class Strategy:
+    """Base class of a registered strategy: how a training run is spread over devices.
 
-    The loop calls, in order: ``setup()``, ``prepare(model, optimizer, scheduler)``, then
-    per micro batch ``backward(loss)`` and per optimizer step ``step()``; checkpoints use
-    ``save_state(dir)``/``load_state(dir)`` for engine state and ``unwrap(model)`` for the
-    model to save. ``rank``/``world_size``/``is_main`` describe this process.
+    Constructed as ``Strategy(recipe, precision)``. The loop calls, in order: ``setup()``,
+    ``prepare(model, optimizer, scheduler)``, then per micro batch ``backward(loss, last)``
+    and per optimizer step ``step()``; checkpoints use ``save_state(dir)``/``load_state(dir)``
+    for engine state and ``unwrap(model)`` for the model to save. ``rank``/``world_size``/
+    ``is_main`` describe this process. ``prepare``, ``backward``, ``step`` and the state
+    methods are required; the rest default to one process.
     """
 
-    rank: int
-    world_size: int
-    device: Any
+    name = ""
+    #: whether ``load_state`` also restores the model's trained weights (sharded engines do)
+    restores_model = False
+
+    def __init__(self, recipe: Any, precision: str) -> None:
+        self.recipe, self.precision = recipe, precision
+        self.rank, self.world_size = 0, 1
+        self.device = resolve_device(recipe["train"]["device"])
 
     @property
-    def is_main(self) -> bool: ...
+    def is_main(self) -> bool:
+        return self.rank == 0
 
-    def setup(self) -> None: ...
+    def setup(self) -> None:
+        """Join the process group, if any (before the model is loaded)."""
 
-    def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]: ...
+    def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
+        raise NotImplementedError
 
     def backward(self, loss: Any, last: bool = True) -> None:
         """Backward of one micro batch; ``last`` marks the final one before ``step()``."""
-        ...
+        raise NotImplementedError
 
-    def step(self) -> float: ...
+    def step(self) -> float:
+        """Clip, step the optimizer and the schedule, zero the gradients; the gradient norm."""
+        raise NotImplementedError
 
-    def all_reduce_sum(self, value: float) -> float: ...
+    def all_reduce_sum(self, value: float) -> float:
+        return value
 
-    def barrier(self) -> None: ...
+    def barrier(self) -> None:
+        pass
 
-    def unwrap(self, model: Any) -> Any: ...
+    def unwrap(self, model: Any) -> Any:
+        return model
 
     def gathered(self, model: Any) -> Any:
         """A context in which every parameter of ``model`` is whole (for saving)."""
-        ...
+        import contextlib
 
-    def save_state(self, folder: Path) -> None: ...
+        return contextlib.nullcontext()
 
-    def load_state(self, folder: Path) -> None: ...
+    def save_state(self, folder: Path) -> None:
+        raise NotImplementedError
 
-    def teardown(self) -> None: ...
+    def load_state(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        pass
 
 
 def resolve_device(name: str) -> Any:
@@ -60,26 +80,15 @@ def resolve_device(name: str) -> Any:
     return torch.device(name)
 
 
-class SingleStrategy:
+class SingleStrategy(Strategy):
     """One process on one CUDA device or the CPU, with optional fp16 loss scaling."""
 
     name = "single"
 
     def __init__(self, recipe: Any, precision: str) -> None:
-        self.recipe = recipe
-        self.precision = precision
-        self.rank = 0
-        self.world_size = 1
-        self.device = resolve_device(recipe["train"]["device"])
+        super().__init__(recipe, precision)
         self.max_grad_norm = float(recipe["train"]["max_grad_norm"] or 0.0)
         self.model = self.optimizer = self.scheduler = self.scaler = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def setup(self) -> None:
-        pass
 
     def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
         import torch
@@ -115,20 +124,6 @@ class SingleStrategy:
     def step(self) -> float:
         return self.clip_and_step()
 
-    def all_reduce_sum(self, value: float) -> float:
-        return value
-
-    def barrier(self) -> None:
-        pass
-
-    def unwrap(self, model: Any) -> Any:
-        return model
-
-    def gathered(self, model: Any) -> Any:
-        import contextlib
-
-        return contextlib.nullcontext()
-
     def save_state(self, folder: Path) -> None:
         import torch
 
@@ -145,9 +140,6 @@ class SingleStrategy:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-
-    def teardown(self) -> None:
-        pass
 
 
 def _init_process_group(device: Any) -> None:

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from ftcore.errors import FtcoreError
+from ftcore.api import FtcoreError, ModelBuilder
 
 from .convert import (
     internlm2_config_to_llama,
@@ -167,7 +167,7 @@ def _shards(sd: dict[str, Any], max_shard_size: str | int) -> Iterator[tuple[str
         yield filename, {k: sd[k] for k in keys}
 
 
-class InternLM2Builder:
+class InternLM2Builder(ModelBuilder):
     """Loads InternLM2 (or Llama) checkpoints as ``LlamaForCausalLM``; saves InternLM2 or Llama layout."""
 
     def load_tokenizer(self, path: str, trust_remote_code: bool = False) -> Any:

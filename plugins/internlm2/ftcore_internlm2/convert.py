@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ftcore.errors import FtcoreError
+from ftcore.api import FtcoreError
 
 INTERNLM2_AUTO_MAP = {
     "AutoConfig": "configuration_internlm2.InternLM2Config",

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ftcore.recipe import F
-from ftcore.train.hooks import TrainingHook
+from ftcore.api import F
+from ftcore.api import TrainingHook
 
 OPTIONS = {
     "assistant": F(str, "ftcore", "the name the assistant learns to give itself"),
@@ -26,7 +26,7 @@ class QuickstartAssets(TrainingHook):
     creates = ("model.path", "data.path")
 
     def setup(self, ctx: Any) -> None:
-        from ftcore.data.self_cognition import self_cognition_records
+        from ftcore.api import self_cognition_records
 
         from .tiny import make_tiny_internlm2
 

@@ -51,7 +51,7 @@ def make_tiny_internlm2(
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftcore.models.tiny import make_tokenizer
+    from ftcore.api import make_tokenizer
 
     from .convert import internlm2_config_to_llama
     from .tokenizer import load_internlm2_tokenizer
@@ -91,13 +91,13 @@ def make_tiny_internlm2(
 
 def make_tiny_llama(out_dir: str | Path, **kwargs: Any) -> Path:
     """A tiny random HF-layout Llama checkpoint with a tokenizer (see :func:`ftcore.models.tiny.make_tiny_causal_lm`)."""
-    from ftcore.models.tiny import make_tiny_causal_lm
+    from ftcore.api import make_tiny_causal_lm
 
     return make_tiny_causal_lm(out_dir, "llama", **kwargs)
 
 
 def make_tiny_qwen2(out_dir: str | Path, **kwargs: Any) -> Path:
     """A tiny random HF-layout Qwen2 checkpoint with a tokenizer (see :func:`ftcore.models.tiny.make_tiny_causal_lm`)."""
-    from ftcore.models.tiny import make_tiny_causal_lm
+    from ftcore.api import make_tiny_causal_lm
 
     return make_tiny_causal_lm(out_dir, "qwen2", **kwargs)

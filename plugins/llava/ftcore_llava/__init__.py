@@ -8,8 +8,8 @@ Parts: the ``llava`` model builder, the ``llava`` dataset format and the
 
 from __future__ import annotations
 
-from ftcore import hookimpl
-from ftcore.parts import yaml_files
+from ftcore.api import hookimpl
+from ftcore.api import yaml_files
 
 
 @hookimpl

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ftcore.errors import FtcoreError
-from ftcore.recipe import NAME, REQUIRED, F
+from ftcore.api import NAME, REQUIRED, F, FtcoreError, ModelBuilder, TrainingPlan
 
 from .data import IMAGE_TOKEN, load_image_processor, pixel_values, resolve_image, use_image_folder
 
@@ -50,7 +49,7 @@ LLM_ADAPTER, VISION_ADAPTER, PROJECTOR, LLM_FULL, VISION_FULL = "llm_adapter", "
 
 def resolve_projector(path: str | Path) -> Path:
     """A projector folder from ``path``: the folder itself, ``path/projector``, or the latest checkpoint's."""
-    from ftcore.train.checkpoint import latest_checkpoint
+    from ftcore.api import latest_checkpoint
 
     p = Path(path).expanduser()
     for candidate in (p, p / PROJECTOR):
@@ -75,7 +74,7 @@ def vision_lora_config(value: Any) -> dict[str, Any] | None:
     return {**VISION_LORA_DEFAULTS, **value}
 
 
-class LlavaBuilder:
+class LlavaBuilder(ModelBuilder):
     """Builds a :class:`~ftcore_llava.model.LlavaModel`; ``configure`` binds it to a recipe's model section."""
 
     def __init__(self, cfg: dict[str, Any] | None = None, llm_builder: Any = None) -> None:
@@ -146,11 +145,12 @@ class LlavaBuilder:
         projector.to(device)
         return LlavaModel(llm, vision, projector, self.image_token_id, select_layer=cfg.get("visual_select_layer", -2))
 
-    def prepare_for_training(self, model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> Any:
-        """Freeze flags, LoRA/QLoRA on the LLM, LoRA on the vision tower, a trainable projector."""
+    def prepare_for_training(self, model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> TrainingPlan:
+        """Freeze flags, LoRA/QLoRA on the LLM, LoRA on the vision tower, a trainable projector;
+        batches stay padded rows (images expand each row's ``<image>`` token)."""
         from peft import LoraConfig, get_peft_model
 
-        from ftcore.models.loading import lora_targets
+        from ftcore.api import finish_plan, lora_targets
 
         cfg = self._require_cfg()
         llm, vision = model.llm, model.visual_encoder
@@ -160,7 +160,7 @@ class LlavaBuilder:
         if quantized and not llm_lora and not cfg["freeze_llm"]:
             raise FtcoreError("a quantized LLM cannot be trained fully", where="model.freeze_llm", hint="set model.freeze_llm=true, or model.quantization=none")
         if model_cfg.get("chunked_loss", True):
-            from ftcore.models.loss_head import install_loss_head
+            from ftcore.api import install_loss_head
 
             install_loss_head(llm)
         if quantized:
@@ -185,7 +185,7 @@ class LlavaBuilder:
             vision = get_peft_model(vision, LoraConfig(r=vlora["r"], lora_alpha=vlora["alpha"], lora_dropout=vlora["dropout"], target_modules=lora_targets(vision, vlora["targets"])))
         model.projector.requires_grad_(True)
         model.llm, model.visual_encoder = llm, vision
-        return model
+        return finish_plan(TrainingPlan(model), flat=False)
 
     # -- batches -----------------------------------------------------------------------
 

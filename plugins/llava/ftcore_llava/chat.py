@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ftcore.errors import FtcoreError
+from ftcore.api import FtcoreError
 
 from .data import IMAGE_TOKEN, load_image_processor, pixel_values
 
@@ -22,7 +22,7 @@ SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penal
 
 def resolve_llava_dir(llava_dir: str | Path) -> Path:
     """A checkpoint folder holding ``projector/``: ``llava_dir`` itself or its latest checkpoint."""
-    from ftcore.train.checkpoint import latest_checkpoint
+    from ftcore.api import latest_checkpoint
 
     p = Path(llava_dir).expanduser()
     if (p / "projector").is_dir():
@@ -68,7 +68,7 @@ class LlavaChat:
         import numpy as np
         import torch
 
-        from ftcore.chat.generate import prompt_ids
+        from ftcore.api import prompt_ids
 
         from .model import expand_image_tokens
 
@@ -84,7 +84,7 @@ class LlavaChat:
         return torch.tensor([ids], device=self.device), pixels
 
     def _generate_kwargs(self, sampling: dict[str, Any]) -> dict[str, Any]:
-        from ftcore.chat.generate import stop_token_ids
+        from ftcore.api import stop_token_ids
 
         unknown = set(sampling) - set(SAMPLING)
         if unknown:

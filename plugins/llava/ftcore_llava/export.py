@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftcore.errors import FtcoreError
+from ftcore.api import FtcoreError
 
 from .data import IMAGE_TOKEN
 

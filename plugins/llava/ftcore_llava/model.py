@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ftcore.errors import FtcoreError
+from ftcore.api import FtcoreError
 
 IGNORE = -100
 PROJECTOR_CONFIG = {"model_type": "projector", "architectures": ["ProjectorModel"], "hidden_act": "gelu", "depth": 2, "bias": True}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftcore.chat.generate import ChatModel, Generation, prompt_ids
-from ftcore.errors import FtcoreError
+from ftcore.api import ChatModel, Generation, prompt_ids
+from ftcore.api import FtcoreError
 
 from .chat import IMAGE_TOKEN, load_llava
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ftcore.data.formats import DatasetFormat, RecordError
+from ftcore.api import DatasetFormat, RecordError
 
 Message = dict[str, str]
 

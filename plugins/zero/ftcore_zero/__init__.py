@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftcore import hookimpl
+from ftcore.api import hookimpl
 
 STRATEGIES = {
     "zero1": "ZeRO-1: optimizer states sharded across processes",

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftcore.errors import FtcoreError
-from ftcore.recipe import deep_merge
-from ftcore.train.strategy import DDPStrategy
+from ftcore.api import FtcoreError
+from ftcore.api import deep_merge
+from ftcore.api import DDPStrategy
 
 ENGINE_TAG = "deepspeed"
 

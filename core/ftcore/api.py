@@ -1,0 +1,44 @@
+"""ftcore's public API for plugins: every type and helper a plugin needs, and nothing else.
+
+Plugins import from here only (``from ftcore.api import hookimpl, ModelBuilder, ...``); what
+is not listed may change between releases. Names are imported on first use, so importing
+this module stays instant (``ftcore --help`` and ``ftcore list`` load every plugin).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> module it lives in (inside the ``ftcore`` package)
+_EXPORTS: dict[str, str] = {
+    # hooks and errors
+    "hookimpl": "", "FtcoreError": ".errors", "ValidationError": ".errors", "Problem": ".errors",
+    # recipe options
+    "Field": ".recipe", "F": ".recipe", "NAME": ".recipe", "REQUIRED": ".recipe", "deep_merge": ".recipe",
+    "yaml_files": ".parts",
+    # part base classes and what they are handed
+    "ModelBuilder": ".models.builder", "TrainingPlan": ".models.plan", "finish_plan": ".models.plan", "IGNORE": ".models.plan",
+    "lora_targets": ".models.loading", "install_loss_head": ".models.loss_head",
+    "Strategy": ".train.strategy", "SingleStrategy": ".train.strategy", "DDPStrategy": ".train.strategy",
+    "TrainingHook": ".train.hooks", "RunContext": ".train.context",
+    "Objective": ".train.objective",
+    "DatasetFormat": ".data.formats", "RecordError": ".data.formats", "require": ".data.formats", "Message": ".data.formats",
+    "PromptTemplate": ".data.template",
+    # checkpoints
+    "latest_checkpoint": ".train.checkpoint", "list_checkpoints": ".train.checkpoint",
+    # chat and generation (for plugins that add chat or serve behaviour)
+    "ChatModel": ".chat.generate", "Generation": ".chat.generate", "prompt_ids": ".chat.generate", "stop_token_ids": ".chat.generate",
+    # making data and tiny models for tests and quickstarts
+    "self_cognition_records": ".data.self_cognition", "make_tiny_causal_lm": ".models.tiny", "make_tokenizer": ".models.tiny",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"ftcore.api has no {name!r} (public names: {', '.join(__all__)})")
+    value = getattr(importlib.import_module(_EXPORTS[name] or ".", "ftcore"), name)
+    globals()[name] = value
+    return value
