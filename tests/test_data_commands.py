@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ftcore.data.commands import parse_map, to_alpaca, to_conversation
+from ftcore.data.convert import parse_map
 from ftcore.data.formats import RecordError
 from ftcore.data.self_cognition import ANSWERS, AUTHOR_ANSWERS, QUESTIONS, self_cognition_records
 from ftcore.errors import FtcoreError
+from ftcore_formats.formats import alpaca_export, conversation_export
+from helpers import cli_env, run_cli
 
 
 def ftcore(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -83,6 +85,26 @@ def test_convert_errors_are_clear(tmp_path):
     assert "not found" in err
 
 
+def test_convert_to_lists_the_formats_that_can_be_written(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
+    for to, why in (("medical", "cannot write records"), ("sharegtp", "did you mean 'sharegpt'")):
+        err = failed(ftcore("data", "convert", "d.jsonl", "out.jsonl", "--to", to, cwd=tmp_path))
+        assert why in err and "formats that can be written: alpaca, conversation, openai, pretrain, sharegpt" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_convert_to_and_from_a_third_party_format(tmp_path, plugin_site):
+    env = cli_env(pythonpath=str(plugin_site))
+    chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    records = [{"messages": chat, "id": 1}, {"messages": [{"role": "system", "content": "s"}, *chat], "id": 2}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    proc = run_cli("data", "convert", "d.jsonl", "qa.jsonl", "--to", "example_qa", "--on-error", "skip", cwd=tmp_path, env=env, check=True)
+    assert "1 written" in proc.stdout and "d.jsonl:2" in proc.stdout and "without a system message" in proc.stdout
+    assert read_jsonl(tmp_path / "qa.jsonl") == [{"q": "2+2?", "a": "4", "id": 1}]
+    run_cli("data", "convert", "qa.jsonl", "back.json", "--from", "example_qa", "--to", "openai", cwd=tmp_path, env=env, check=True)
+    assert json.loads((tmp_path / "back.json").read_text(encoding="utf-8")) == [{"messages": chat}]
+
+
 # -- split -------------------------------------------------------------------------------
 
 
@@ -142,12 +164,12 @@ def test_target_writers_handle_multi_turn():
         {"role": "system", "content": "s"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
         {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"},
     ], "id": 1}
-    assert to_alpaca(sample) == {"instruction": "q2", "input": "", "output": "a2", "system": "s", "history": [["q1", "a1"]], "id": 1}
-    assert to_conversation(sample)["conversation"] == [{"system": "s", "input": "q1", "output": "a1"}, {"input": "q2", "output": "a2"}]
+    assert alpaca_export(sample) == {"instruction": "q2", "input": "", "output": "a2", "system": "s", "history": [["q1", "a1"]], "id": 1}
+    assert conversation_export(sample)["conversation"] == [{"system": "s", "input": "q1", "output": "a1"}, {"input": "q2", "output": "a2"}]
     with pytest.raises(RecordError):
-        to_alpaca({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]})
+        alpaca_export({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]})
     with pytest.raises(RecordError):
-        to_conversation({"text": "plain"})
+        conversation_export({"text": "plain"})
 
 
 def test_parse_map():
@@ -171,7 +193,7 @@ def test_help_does_not_import_heavy_libraries():
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".xlsx"])
 def test_write_records_round_trips_through_load_records(tmp_path, suffix):
-    from ftcore.data.commands import write_records
+    from ftcore.data.files import write_records
     from ftcore.data.load import load_records
 
     records = [{"instruction": "q1", "output": "a1"}, {"instruction": "多语言", "output": "a2"}]
@@ -181,7 +203,7 @@ def test_write_records_round_trips_through_load_records(tmp_path, suffix):
 
 
 def test_write_records_failure_keeps_the_old_file_and_no_temp(tmp_path):
-    from ftcore.data.commands import write_records
+    from ftcore.data.files import write_records
 
     path = tmp_path / "d.parquet"
     write_records(path, [{"a": 1}])

@@ -103,7 +103,7 @@ def test_check_stops_at_an_unreadable_file_with_exit_1(tmp_path, tiny_llama):
 def test_token_segments_split_trained_runs(tiny_llama):
     from transformers import AutoTokenizer
 
-    from ftcore.data.commands import token_segments
+    from ftcore.data.render import token_segments
 
     tok = AutoTokenizer.from_pretrained(str(tiny_llama))
     prompt = tok("Who are you?", add_special_tokens=False)["input_ids"]
@@ -116,16 +116,16 @@ def test_token_segments_split_trained_runs(tiny_llama):
 def test_render_colours_trained_text_green_and_masked_dim_on_a_terminal():
     from rich.console import Console
 
-    from ftcore.data.commands import _render
+    from ftcore.data.render import render_segments
 
     out = Console(force_terminal=True, color_system="standard", width=200)
     with out.capture() as cap:
-        out.print(_render(out, [("<s>[b]Q[/b] ", False), ("A.</s>", True)]))
+        out.print(render_segments(out, [("<s>[b]Q[/b] ", False), ("A.</s>", True)]))
     assert cap.get() == "\x1b[2m<s>[b]Q[/b] \x1b[0m\x1b[32mA.</s>\x1b[0m\n"  # markup in data stays literal
 
 
 def test_histogram_and_length_stats():
-    from ftcore.data.commands import histogram, length_stats
+    from ftcore.data.render import histogram, length_stats
 
     lengths = [10] * 8 + [20] * 4 + [30]
     lines = histogram(lengths, bins=3, width=8)
@@ -137,7 +137,7 @@ def test_encode_all_collects_every_bad_sample_and_keeps_the_rest_aligned(monkeyp
     from transformers import AutoTokenizer
 
     from ftcore.data import pipeline
-    from ftcore.data.load import RecordList
+    from ftcore.data.records import RecordList
     from ftcore.data.template import PromptTemplate
 
     monkeypatch.setattr(pipeline, "ENCODE_CHUNK", 4)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ftcore.app import App
-from ftcore.data.formats import RecordError
-from ftcore.data.load import detect_format
+from ftcore.data.formats import DatasetFormat, RecordError
+from ftcore.data.apply import detect_format
 from ftcore.errors import FtcoreError
 from ftcore_formats.formats import FORMATS, MEDICAL_SYSTEM
 
@@ -186,3 +186,74 @@ def test_detect_none_lists_formats_and_the_setting():
 def test_detect_prefers_the_format_most_records_fit():
     records = [SAMPLES["alpaca"], {"instruction": "missing output"}, SAMPLES["alpaca"]]
     assert detect_format(records, FORMATS) == "alpaca"
+
+
+# -- the DatasetFormat base class ------------------------------------------------------------
+
+
+def test_a_format_made_from_functions_has_documented_defaults():
+    fmt = DatasetFormat("qa", lambda r: {"text": r["q"]})
+    assert fmt.convert({"q": "x"}) == {"text": "x"}
+    assert fmt.detect({"q": "x"}) is False and not fmt.can_detect
+    assert not fmt.can_export and fmt.description == ""
+    with pytest.raises(RecordError, match="cannot write"):
+        fmt.export({"text": "x"})
+    full = DatasetFormat("qa", lambda r: {"text": r["q"]}, lambda r: "q" in r, "q only", export=lambda s: {"q": s["text"]})
+    assert full.detect({"q": 1}) and full.can_detect and full.can_export and full.description == "q only"
+    assert full.export({"text": "y"}) == {"q": "y"}
+    assert repr(full) == "DatasetFormat('qa')"
+
+
+def test_a_subclass_overrides_methods_and_needs_no_functions():
+    class Upper(DatasetFormat):
+        name = "upper"
+        description = "{t} upper-cased"
+
+        def convert(self, record):
+            return {"text": record["t"].upper()}
+
+        def export(self, sample):
+            return {"t": sample["text"]}
+
+    fmt = Upper()
+    assert (fmt.name, fmt.description) == ("upper", "{t} upper-cased")
+    assert fmt.convert({"t": "a"}) == {"text": "A"} and fmt.export({"text": "A"}) == {"t": "A"}
+    assert fmt.can_export and not fmt.can_detect
+    with pytest.raises(FtcoreError, match="upper is never auto-detected"):
+        detect_format([{"t": "a"}], [fmt, F["pretrain"]])
+
+
+def test_a_format_without_convert_is_refused_when_made():
+    with pytest.raises(TypeError, match="convert"):
+        DatasetFormat("nothing")
+
+
+# -- export: a sample back to a format's record --------------------------------------------------
+
+ROUND_TRIP = {
+    "openai": {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "loss": False}], "id": 3},
+    "alpaca": {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}], "id": 3},
+    "conversation": {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                                  {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}], "id": 3},
+    "sharegpt": {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "id": 3},
+    "pretrain": {"text": "plain text", "id": 3},
+}
+
+
+def test_every_writable_builtin_format_exports_what_it_reads_back():
+    assert {f.name for f in FORMATS if f.can_export} == set(ROUND_TRIP)
+    for name, sample in ROUND_TRIP.items():
+        record = F[name].export(sample)
+        assert detect_format([record], FORMATS) == name
+        assert convert(name, record) == sample, name
+
+
+def test_export_names_what_the_format_cannot_hold():
+    with pytest.raises(RecordError, match="text-only"):
+        F["sharegpt"].export({"text": "plain"})
+    with pytest.raises(RecordError, match="no plain text"):
+        F["pretrain"].export(ROUND_TRIP["sharegpt"])
+    with pytest.raises(RecordError, match="does not end with an assistant"):
+        F["conversation"].export({"messages": [{"role": "user", "content": "q"}]})
+    assert not F["medical"].can_export

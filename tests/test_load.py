@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ftcore.data.formats import RecordError
-from ftcore.data.load import FormatReport, apply_format, load_records, load_samples
+from ftcore.data.apply import FormatReport, apply_format
+from ftcore.data.load import load_records, load_samples
 from ftcore.errors import FtcoreError
 from ftcore_formats.formats import FORMATS
 

@@ -1,1 +1,4 @@
 """The data pipeline: load -> format map -> template -> encode (labels masked) -> pack -> collate."""
+
+#: The label of a token the model is not trained to predict (prompts, padding, a sample's first token).
+IGNORE = -100

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .pack import IGNORE, PackedData
+from . import IGNORE
+from .pack import PackedData
 
 
 def collate_rows(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: int = 8, flat: bool = False) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import FtcoreError
 from .formats import Message, RecordError
-from .pack import IGNORE as IGNORE_INDEX, Encoded, offsets
+from . import IGNORE as IGNORE_INDEX
+from .pack import Encoded, offsets
 from .template import PromptTemplate
 
 ROLES = ("system", "user", "assistant")

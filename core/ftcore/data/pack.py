@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-IGNORE = -100
+from . import IGNORE
 
 
 @dataclass

@@ -119,8 +119,9 @@ def find_format_problems(records: Any, fmt: Any) -> tuple[Any, Any, list[RecordP
     not become samples are looked at again (one by one, with ``on_error="raise"``) to learn
     each one's field and location. Unlike ``apply_format`` it does not fail when no sample is left.
     """
+    from .apply import FormatReport, apply_format
     from .formats import RecordError
-    from .load import FormatReport, RecordList, apply_format
+    from .records import RecordList
 
     try:
         samples, report = apply_format(records, fmt, "skip")
@@ -155,7 +156,7 @@ def _encode_located(samples: Any, offset: int, tokenizer: Any, template: Any, da
     sub-batches' outputs in order, with ``indices`` counted from ``offset``."""
     from .encode import encode_batch
     from .formats import RecordError
-    from .load import where_of
+    from .records import where_of
 
     try:
         out = encode_batch(samples, tokenizer, template, data_cfg["max_length"], system=data_cfg["system"])
@@ -271,7 +272,8 @@ def build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template:
 
 
 def _build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template: Any, seed: int, log: Callable[[str], None]) -> tuple[PackedData, DataReport]:
-    from .load import apply_format, detect_format, load_records
+    from .apply import apply_format, detect_format
+    from .load import load_records
 
     report = DataReport()
     records = load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed)

@@ -1,17 +1,21 @@
-"""Map functions from each supported raw record layout to ftcore messages.
+"""Map functions from each supported raw record layout to ftcore messages, and back (``export``).
 
 Every chat format returns ``{"messages": [{"role", "content", "loss"?}], **extras}``
 and ``pretrain`` returns ``{"text": ..., **extras}``; ``extras`` are the record's keys
 the format does not consume (``id``, ``image``, ...), passed through unchanged so that
 later stages (e.g. a multimodal plugin reading ``image``) can use them. A malformed
 record raises ``RecordError`` naming the offending field (``messages[2].role``).
+
+The ``*_export`` functions are the inverses (``ftcore data convert --to NAME``): a sample
+back to a record, extras written back unchanged; a conversation the layout cannot hold
+(e.g. two user messages in a row for alpaca) raises ``RecordError``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ftcore.data.formats import DatasetFormat, RecordError, require
+from ftcore.data.formats import DatasetFormat, RecordError, require, sample_extras, sample_messages, sample_turns
 
 ROLES = ("system", "user", "assistant")
 
@@ -95,6 +99,10 @@ def openai(record: dict[str, Any]) -> dict[str, Any]:
     return {"messages": _finish(messages, "messages"), **_extras(record, ("messages",))}
 
 
+def openai_export(sample: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [dict(m) for m in sample_messages(sample, "openai")], **sample_extras(sample)}
+
+
 # -- alpaca / medical -----------------------------------------------------------------
 
 
@@ -124,6 +132,20 @@ def alpaca(record: dict[str, Any]) -> dict[str, Any] | None:
     return _alpaca(record, None)
 
 
+def alpaca_export(sample: dict[str, Any]) -> dict[str, Any]:
+    """The last turn as instruction/output, earlier turns as ``history``, a leading system message as ``system``."""
+    turns = sample_turns(sample, "alpaca")
+    if any(s for s, _, _ in turns[1:]):
+        raise RecordError("a system message after the first turn cannot be written as alpaca", "messages")
+    system, (_, user, assistant) = turns[0][0], turns[-1]
+    out: dict[str, Any] = {"instruction": user, "input": "", "output": assistant}
+    if system:
+        out["system"] = system
+    if len(turns) > 1:
+        out["history"] = [[u, a] for _, u, a in turns[:-1]]
+    return {**out, **sample_extras(sample)}
+
+
 def medical(record: dict[str, Any]) -> dict[str, Any] | None:
     """Alpaca fields answered by a doctor: adds ``MEDICAL_SYSTEM`` unless the record has a system."""
     return _alpaca(record, MEDICAL_SYSTEM)
@@ -145,6 +167,11 @@ def conversation(record: dict[str, Any]) -> dict[str, Any]:
         messages.append({"role": "user", "content": _text(turn.get("input"), f"{where}.input")})
         messages.append({"role": "assistant", "content": _text(turn.get("output"), f"{where}.output")})
     return {"messages": messages, **_extras(record, ("conversation",))}
+
+
+def conversation_export(sample: dict[str, Any]) -> dict[str, Any]:
+    turns = [({"system": s} if s else {}) | {"input": u, "output": a} for s, u, a in sample_turns(sample, "conversation")]
+    return {"conversation": turns, **sample_extras(sample)}
 
 
 # -- ShareGPT -------------------------------------------------------------------------
@@ -170,6 +197,12 @@ def sharegpt(record: dict[str, Any]) -> dict[str, Any]:
     return {"messages": _finish(messages, "conversations"), **_extras(record, ("conversations", "system"))}
 
 
+def sharegpt_export(sample: dict[str, Any]) -> dict[str, Any]:
+    names = {"system": "system", "user": "human", "assistant": "gpt"}
+    turns = [{"from": names[m["role"]], "value": m["content"]} for m in sample_messages(sample, "sharegpt")]
+    return {"conversations": turns, **sample_extras(sample)}
+
+
 # -- pre-training text ----------------------------------------------------------------
 
 
@@ -181,6 +214,12 @@ def pretrain(record: dict[str, Any]) -> dict[str, Any] | None:
     return {"text": text, **_extras(record, ("text",))}
 
 
+def pretrain_export(sample: dict[str, Any]) -> dict[str, Any]:
+    if "text" not in sample:
+        raise RecordError("a conversation has no plain text to write as pretrain", "messages")
+    return {"text": sample["text"], **sample_extras(sample)}
+
+
 def _has_list(key: str):
     def detect(record: dict[str, Any]) -> bool:
         return isinstance(record.get(key), list)
@@ -189,12 +228,15 @@ def _has_list(key: str):
 
 
 FORMATS = [
-    DatasetFormat("openai", openai, _has_list("messages"), "{messages: [{role, content, loss?}]} (system/user/assistant)"),
+    DatasetFormat(
+        "openai", openai, _has_list("messages"), "{messages: [{role, content, loss?}]} (system/user/assistant)", export=openai_export
+    ),
     DatasetFormat(
         "alpaca",
         alpaca,
         lambda r: "instruction" in r and "output" in r,
         "{instruction, input?, output} (Stanford Alpaca); <nooutput> records are dropped",
+        export=alpaca_export,
     ),
     DatasetFormat(
         "medical",
@@ -203,8 +245,16 @@ FORMATS = [
         "alpaca fields with a doctor's system prompt (not auto-detected: set data.format=medical)",
     ),
     DatasetFormat(
-        "conversation", conversation, _has_list("conversation"), "XTuner {conversation: [{system?, input, output}]} multi-turn"
+        "conversation",
+        conversation,
+        _has_list("conversation"),
+        "XTuner {conversation: [{system?, input, output}]} multi-turn",
+        export=conversation_export,
     ),
-    DatasetFormat("sharegpt", sharegpt, _has_list("conversations"), "{conversations: [{from: human|gpt|system, value}]}"),
-    DatasetFormat("pretrain", pretrain, lambda r: isinstance(r.get("text"), str), "{text} plain text for (continued) pre-training"),
+    DatasetFormat(
+        "sharegpt", sharegpt, _has_list("conversations"), "{conversations: [{from: human|gpt|system, value}]}", export=sharegpt_export
+    ),
+    DatasetFormat(
+        "pretrain", pretrain, lambda r: isinstance(r.get("text"), str), "{text} plain text for (continued) pre-training", export=pretrain_export
+    ),
 ]
