@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ftcore.data.formats import RecordError
 from ftcore.data.apply import FormatReport, apply_format
+from ftcore.data.files import FILE_TYPES, WRITABLE, write_records
+from ftcore.data.formats import RecordError
 from ftcore.data.load import load_records, load_samples
 from ftcore.errors import FtcoreError
 from ftcore_formats.formats import FORMATS
@@ -165,6 +166,20 @@ def test_unknown_extension_lists_supported(tmp_path):
     path.write_text("hello", encoding="utf-8")
     text = error(path)
     assert "'.txt'" in text and ".jsonl" in text and ".xlsx" in text and "save_to_disk" in text
+
+
+def test_the_file_table_drives_reading_writing_and_messages(tmp_path):
+    (tmp_path / "d.ndjson").write_text('{"a": 1}\n', encoding="utf-8")  # a second suffix of the jsonl type
+    assert load_records(tmp_path / "d.ndjson").where(0) == f"{tmp_path / 'd.ndjson'}:1"
+    (tmp_path / "d.md").write_text("# notes", encoding="utf-8")
+    text = error(tmp_path / "d.md")
+    assert "one {\"text\": ...} object per line" in text
+    assert all(suffix in text for t in FILE_TYPES for suffix in t.suffixes)
+    assert WRITABLE == tuple(t.suffixes[0] for t in FILE_TYPES if t.write is not None)
+    for name in ("d.ndjson", "d.txt"):  # written only under a type's first suffix
+        with pytest.raises(FtcoreError) as info:
+            write_records(tmp_path / "out" / name, [{"a": 1}])
+        assert all(suffix in str(info.value) for suffix in WRITABLE)
 
 
 @pytest.mark.parametrize("content", ["", "\n\n", "[]", "instruction,output\n"])
