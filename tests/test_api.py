@@ -12,9 +12,6 @@ from helpers import ROOT
 #: plugin imports of internal modules still to be replaced by ftcore.api (issue #16's remaining work)
 NOT_YET = {
     ("plugins/llava/ftcore_llava/chat.py", "ftcore.app"),
-    ("plugins/llava/ftcore_llava/data.py", "ftcore.data.formats"),
-    ("plugins/formats/ftcore_formats/__init__.py", "ftcore"),
-    ("plugins/formats/ftcore_formats/formats.py", "ftcore.data.formats"),
 }
 
 

@@ -91,9 +91,6 @@ SFT_RECORDS = {
     "pretrain": {"text": "Once upon a time."},
 }
 
-#: Pair shapes that the formats plugin's openai/sharegpt detectors claim too (they look at messages/conversations only).
-CLAIMED_BY_SFT_DETECTORS = {"preference_sharegpt", "preference_openai", "preference_conversations+messages"}
-
 
 def convert(name: str, record: dict):
     return F[name].convert(copy.deepcopy(record))
@@ -203,13 +200,6 @@ def _detect_cases():
         pytest.param(
             case,
             record,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ftcore_formats' openai/sharegpt detect claims any record with a messages/conversations list; "
-                "they should skip records that have both chosen and rejected",
-            )
-            if case in CLAIMED_BY_SFT_DETECTORS
-            else (),
             id=case,
         )
         for case, record in cases

@@ -18,12 +18,14 @@ _EXPORTS: dict[str, str] = {
     "Field": ".recipe", "F": ".recipe", "NAME": ".recipe", "REQUIRED": ".recipe", "deep_merge": ".recipe",
     "yaml_files": ".parts",
     # part base classes and what they are handed
-    "ModelBuilder": ".models.builder", "TrainingPlan": ".models.plan", "finish_plan": ".models.plan", "IGNORE": ".models.plan",
+    "ModelBuilder": ".models.builder", "TrainingPlan": ".models.plan", "finish_plan": ".models.plan", "IGNORE": ".data",
     "lora_targets": ".models.loading", "install_loss_head": ".models.loss_head",
     "Strategy": ".train.strategy", "SingleStrategy": ".train.strategy", "DDPStrategy": ".train.strategy",
     "TrainingHook": ".train.hooks", "RunContext": ".train.context",
     "Objective": ".train.objective",
     "DatasetFormat": ".data.formats", "RecordError": ".data.formats", "require": ".data.formats", "Message": ".data.formats",
+    "sample_turns": ".data.formats", "sample_messages": ".data.formats", "sample_extras": ".data.formats",
+    "load_records": ".data.load", "write_records": ".data.files",
     "PromptTemplate": ".data.template",
     # checkpoints
     "latest_checkpoint": ".train.checkpoint", "list_checkpoints": ".train.checkpoint",

@@ -120,11 +120,12 @@ def _template_registrar(stage: _Staging) -> Callable[..., None]:
 
 def _format_registrar(stage: _Staging) -> Callable[..., None]:
     def register(obj: Any) -> None:
-        name = getattr(obj, "name", None)
-        if not callable(getattr(obj, "convert", None)):
-            stage.invalid(name, f"registered a dataset format without a convert function: {obj!r:.80}")
+        from .data.formats import DatasetFormat
+
+        if not isinstance(obj, DatasetFormat):
+            stage.invalid(getattr(obj, "name", None), f"registered a dataset format that is not a DatasetFormat: {obj!r:.80}")
             return
-        stage.add(name, obj, getattr(obj, "description", ""))
+        stage.add(obj.name, obj, obj.description)
 
     return register
 

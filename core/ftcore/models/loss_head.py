@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+from ..data import IGNORE
 
 #: fp32 logits of one chunk stay under this many bytes (with their bf16 copy and gradient, about
 #: 2.5x that is live at once): 640 tokens for a 92k vocabulary

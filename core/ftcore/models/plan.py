@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..data import IGNORE
 from ..errors import FtcoreError
-
-IGNORE = -100
 
 
 @dataclass
@@ -94,9 +93,7 @@ def _freeze_quantized(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[s
     # embeddings, head) to fp32, which makes activations fp32 and adds a cast around every
     # layer (a quarter of the GPU time on an H100, see RESULTS.md). The base is frozen either
     # way; we keep its dtype and only freeze it.
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return model.requires_grad_(False)
 
 
 def _checkpointing(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
@@ -122,9 +119,7 @@ def _train_mode(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, An
 
 
 def _full(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
+    return model.requires_grad_(True)
 
 
 def _lora(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:

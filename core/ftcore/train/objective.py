@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models.plan import IGNORE, TrainingPlan, finish_plan
+from ..data import IGNORE
+from ..models.plan import TrainingPlan, finish_plan
 
 
 class Objective:

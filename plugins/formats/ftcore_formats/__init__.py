@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftcore import hookimpl
+from ftcore.api import hookimpl
 
 
 @hookimpl

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftcore.data.formats import DatasetFormat, RecordError, require, sample_extras, sample_messages, sample_turns
+from ftcore.api import DatasetFormat, RecordError, require, sample_extras, sample_messages, sample_turns
 
 ROLES = ("system", "user", "assistant")
 
@@ -221,8 +221,8 @@ def pretrain_export(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def _has_list(key: str):
-    def detect(record: dict[str, Any]) -> bool:
-        return isinstance(record.get(key), list)
+    def detect(record: dict[str, Any]) -> bool:  # a preference pair (chosen + rejected) is not SFT data
+        return isinstance(record.get(key), list) and not ("chosen" in record and "rejected" in record)
 
     return detect
 

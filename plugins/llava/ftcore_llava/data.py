@@ -22,8 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ftcore.data.formats import DatasetFormat, RecordError, require
-from ftcore.errors import FtcoreError
+from ftcore.api import DatasetFormat, FtcoreError, RecordError, require
 
 IMAGE_TOKEN = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
