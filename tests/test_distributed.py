@@ -105,19 +105,20 @@ def test_qlora_with_zero3_is_refused_with_a_reason(tmp_path, tiny_llama, self_co
 
 
 def test_deepspeed_config_is_derived_from_the_recipe_and_overridable(tmp_path) -> None:
+    from ftcore.parts import collect_parts
+    from ftcore.plugins import get_plugin_manager
     from ftcore.recipe import Recipe, validate
     from ftcore_zero.strategy import deepspeed_config
 
     data = {"model": {"builder": "hf", "path": "m"}, "data": {"path": "d"}, "train": {"micro_batch": 3, "grad_accum": 5, "max_grad_norm": 0.5},
             "strategy": {"name": "zero2", "config": {"zero_optimization": {"reduce_bucket_size": 1000}}}}
     recipe = Recipe(data, "inline")
-    validate(recipe)
-    cfg = deepspeed_config(recipe, 2, True, "bf16")
+    validate(recipe, collect_parts(get_plugin_manager()))  # strategy.config is the zero strategies' option
+    cfg = deepspeed_config(recipe, 2, True, "bf16", recipe["strategy"]["config"])
     assert cfg["train_micro_batch_size_per_gpu"] == 3 and cfg["gradient_accumulation_steps"] == 5 and cfg["gradient_clipping"] == 0.5
     assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
     assert cfg["zero_optimization"]["stage"] == 2 and cfg["zero_optimization"]["reduce_bucket_size"] == 1000
     assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"gradient_clipping": 2.0}))
-    recipe.data["strategy"]["config"] = str(path)
-    assert deepspeed_config(recipe, 3, False, "fp32")["gradient_clipping"] == 2.0
+    assert deepspeed_config(recipe, 3, False, "fp32", str(path))["gradient_clipping"] == 2.0

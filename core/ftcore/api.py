@@ -14,15 +14,15 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     # hooks and errors
     "hookimpl": "", "FtcoreError": ".errors", "ValidationError": ".errors", "Problem": ".errors",
-    # recipe options
-    "Field": ".recipe", "F": ".recipe", "NAME": ".recipe", "REQUIRED": ".recipe", "deep_merge": ".recipe",
+    # recipe options: a part's options are its constructor's keyword arguments, typed Annotated[type, Option(...)]
+    "Option": ".options", "Field": ".recipe", "F": ".recipe", "NAME": ".recipe", "REQUIRED": ".recipe", "deep_merge": ".recipe",
     "yaml_files": ".parts",
     # part base classes and what they are handed
     "ModelBuilder": ".models.builder", "TrainingPlan": ".models.plan", "finish_plan": ".models.plan", "IGNORE": ".data",
     "lora_targets": ".models.loading", "install_loss_head": ".models.loss_head",
     "Strategy": ".train.strategy", "SingleStrategy": ".train.strategy", "DDPStrategy": ".train.strategy",
     "TrainingHook": ".train.hooks", "RunContext": ".train.context",
-    "Objective": ".train.objective",
+    "Objective": ".train.objective", "SFT": ".train.objective",
     "DatasetFormat": ".data.formats", "RecordError": ".data.formats", "require": ".data.formats", "Message": ".data.formats",
     "sample_turns": ".data.formats", "sample_messages": ".data.formats", "sample_extras": ".data.formats",
     "load_records": ".data.load", "write_records": ".data.files",

@@ -33,8 +33,8 @@ def register_strategies(register) -> None:
 def register_training_hooks(register) -> None:
     from .train.hooks import BUILTIN_HOOKS
 
-    for name, target, description, options in BUILTIN_HOOKS:
-        register(name, target, description, options)
+    for name, target, description in BUILTIN_HOOKS:
+        register(name, target, description)
 
 
 @hookimpl

@@ -52,16 +52,16 @@ class _Staging:
     """One plugin's registrations of one kind, held back until the whole plugin is known to be sound."""
 
     owner: str
-    label: str
+    kind: str
     parts: list[Part] = field(default_factory=list)
     #: every name the plugin tried to register, valid or not (for "plugin P would provide it").
     tried: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def add(self, name: Any, target: Any, description: Any = "", options: dict | None = None) -> None:
+    def add(self, name: Any, target: Any, description: Any = "") -> None:
         if isinstance(name, str) and name:
             self.tried.append(name)
-        self.parts.append(Part(name, target, self.owner, description, dict(options or {})))
+        self.parts.append(Part(name, target, self.owner, description, self.kind))
 
     def invalid(self, name: Any, problem: str) -> None:
         if isinstance(name, str) and name:
@@ -70,8 +70,8 @@ class _Staging:
 
 
 def _named_registrar(stage: _Staging) -> Callable[..., None]:
-    def register(name: str, target: Any, description: str = "", options: dict | None = None) -> None:
-        stage.add(name, target, description, options)
+    def register(name: str, target: Any, description: str = "") -> None:
+        stage.add(name, target, description)
 
     return register
 
@@ -181,7 +181,7 @@ def collect_parts(pm: PluginManager) -> Parts:
         stages: dict[str, _Staging] = {}
         problems: list[str] = []
         for kind, kind_impls in impls.get(name, {}).items():
-            stage = stages[kind] = _Staging(owner, LABELS[kind])
+            stage = stages[kind] = _Staging(owner, kind)
             register = _REGISTRARS[kind](stage)
             for impl in kind_impls:
                 try:

@@ -155,7 +155,6 @@ SCHEMA: dict[str, Any] = {
     },
     "strategy": {
         "name": F(str, "single", "how the run is spread over devices", registry="strategies"),
-        "config": F((dict, str), None, "strategy settings (e.g. DeepSpeed keys, or a JSON file path)"),
     },
     "hooks": F(list, [], "training hooks: names or {name: ..., option: value}"),
 }
@@ -164,6 +163,10 @@ SECTIONS = [k for k, v in SCHEMA.items() if isinstance(v, dict)]
 
 #: Sections that also take the options of the part they name: section -> (registry, key naming the part).
 PART_OPTIONS = {"model": ("models", "builder"), "strategy": ("strategies", "name"), "objective": ("objectives", "name")}
+
+#: Keys the core once owned that a part now takes as an option: a null value (as recipes saved by
+#: older versions hold) is dropped when the chosen part does not take the key.
+RETIRED = {"strategy": ("config",)}
 
 
 @dataclass
@@ -404,10 +407,20 @@ class _Checker:
                 self.problem(path, registry.unknown_message(value))
         return value
 
-    def options_of(self, kind: str, name: Any) -> dict[str, Field]:
+    def options_of(self, kind: str, name: Any, section: str | None = None) -> dict[str, Field]:
+        """The options of the part ``name`` of ``kind`` (derived from its signature; none if unknown)."""
         if self.parts is None or not isinstance(name, str) or name not in self.parts.kind(kind):
             return {}
-        return self.parts.kind(kind).part(name).options
+        part = self.parts.kind(kind).part(name)
+        options = part.options
+        core = set(SCHEMA[section]) if section else {"name"}
+        clash = sorted(core & set(options))
+        if clash:
+            raise FtcoreError(
+                f"{self.parts.kind(kind).label} {name!r} (plugin {part.owner}) has option(s) named like the core's own keys: {', '.join(clash)}",
+                hint="rename the option(s) in the plugin",
+            )
+        return options
 
     def run(self) -> None:
         data = self.recipe.data
@@ -422,7 +435,10 @@ class _Checker:
             schema = dict(SCHEMA[section])
             if section in PART_OPTIONS:  # the chosen builder's / strategy's own options
                 kind, key = PART_OPTIONS[section]
-                schema.update(self.options_of(kind, node.get(key)))
+                schema.update(self.options_of(kind, node.get(key), section))
+            for key in RETIRED.get(section, ()):
+                if key not in schema and key in node and node[key] is None:
+                    del node[key]
             self.check_mapping(node, schema, f"{section}.")
         self.check_mapping(data, top, "", allowed=SECTIONS)
         if not data.get("work_dir"):

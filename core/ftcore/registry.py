@@ -14,13 +14,37 @@ T = TypeVar("T")
 
 @dataclass
 class Part(Generic[T]):
-    """A registered part. ``target`` may be a lazy ``"module:attr"`` string."""
+    """A registered part. ``target`` may be a lazy ``"module:attr"`` string.
+
+    Its recipe ``options`` are read from its signature when first asked for (see
+    :mod:`ftcore.options`), so registering and listing parts imports nothing.
+    """
 
     name: str
     target: Any
     owner: str
     description: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    #: the registry kind (e.g. "hooks"): which signature holds the options
+    kind: str = ""
+    _options: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Option name -> ``ftcore.recipe.Field``, derived from the part's signature (loads the part)."""
+        if self._options is None:
+            from .options import part_options
+
+            self._options = part_options(self.kind, self.load(), f"{self.name!r} (plugin {self.owner})")
+        return self._options
+
+    def build(self, *leading: Any, **options: Any) -> Any:
+        """The part made for a run: its class (or, for a builder, ``configure``) called with the
+        core's leading arguments and the recipe's checked options, bound to its signature."""
+        from .options import SIGNATURES, construct
+
+        target = self.load()
+        fn = SIGNATURES[self.kind][0](target) if self.kind in SIGNATURES else target
+        return construct(fn, *leading, where=f"{self.name!r} (plugin {self.owner})", **options)
 
     def load(self) -> T:
         """The registered object, importing it first if it was registered lazily."""

@@ -30,7 +30,14 @@ class ModelBuilder:
         model.save_pretrained(str(out_dir), max_shard_size=max_shard_size, safe_serialization=True)
 
     def configure(self, model_cfg: dict[str, Any], parts: Any) -> "ModelBuilder":
-        """The builder for one run's ``model`` section (a builder with ``model.*`` options binds them here)."""
+        """The builder for one run's ``model`` section.
+
+        A builder's options (``model.*`` keys it adds to the recipe) are this method's typed
+        keyword arguments after ``parts``, with real defaults where they are optional:
+        ``def configure(self, model_cfg, parts, *, layers: Annotated[int | None, Option("...", ge=1)] = None)``.
+        The validator checks them from the signature; the run calls ``configure`` with the checked
+        values and uses the builder it returns (the registered object stays unbound).
+        """
         return self
 
     def data_key(self) -> str:

@@ -12,7 +12,8 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 def builder_and_tokenizer(model_cfg: dict[str, Any], parts: Any) -> tuple[Any, Any]:
     """The run's model builder (configured with its ``model.*`` options when it takes them)
     and the tokenizer it loads, with a pad token."""
-    builder = parts.models.get(model_cfg["builder"]).configure(model_cfg, parts)
+    part = parts.models.part(model_cfg["builder"])
+    builder = part.build(model_cfg, parts, **{key: model_cfg[key] for key in part.options})
     tokenizer = builder.load_tokenizer(model_cfg["tokenizer_path"] or model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from ..recipe import NAME, F
+from ..options import Option
+from ..recipe import NAME
 from .context import RunContext
 
 
 class TrainingHook:
-    """Base class: override the events you need. Options come from the recipe entry.
+    """Base class: override the events you need. A hook's options are its constructor's typed
+    keyword arguments with real defaults (``Annotated[int, Option("...", ge=1)] = 10``), given
+    by the recipe entry (``{name: throughput, every: 5}``) and checked before the run starts.
 
     Events, in order: ``setup`` (before model and data are loaded), ``before_train``,
     ``after_step`` (after every optimizer step, with that step's metrics), ``after_save``
@@ -22,9 +25,6 @@ class TrainingHook:
 
     creates: tuple[str, ...] = ()
     order: int = 0
-
-    def __init__(self, **options: Any) -> None:
-        self.options = options
 
     def setup(self, ctx: RunContext) -> None: ...
 
@@ -75,18 +75,25 @@ class MetricsLog(TrainingHook):
 class Throughput(TrainingHook):
     """Report tokens/s, achieved TFLOP/s and an MFU estimate every ``every`` steps."""
 
+    def __init__(
+        self,
+        every: Annotated[int, Option("report every N steps", ge=1)] = 10,
+        peak_tflops: Annotated[float | None, Option("device peak TFLOP/s for MFU (default: known GPUs' dense bf16 peak)", gt=0)] = None,
+    ) -> None:
+        self.every, self.peak_tflops = every, peak_tflops
+
     def before_train(self, ctx: RunContext) -> None:
         from ..models.loading import count_parameters
 
         model = ctx.strategy.unwrap(ctx.model)
         trainable, total = count_parameters(model)
-        full = ctx.recipe["adapter"]["kind"] == "full"
-        # Forward 2N + backward 2N (activation grads); full fine-tunes add 2N for weight grads.
-        self.flops_per_token = (6 if full else 4) * total
-        self.peak = self.options.get("peak_tflops") or _peak_tflops(ctx.strategy.device)
+        # Forward 2N + backward 2N (activation grads) + 2 per trained weight (weight grads: 6N
+        # for a full fine-tune, about 4N for an adapter).
+        self.flops_per_token = 4 * total + 2 * trainable
+        self.peak = self.peak_tflops or _peak_tflops(ctx.strategy.device)
 
     def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None:
-        every = self.options.get("every", 10)
+        every = self.every
         tflops = metrics["tokens_per_s"] * self.flops_per_token / 1e12
         metrics["tflops"] = round(tflops, 2)
         if self.peak:
@@ -112,11 +119,20 @@ def _peak_tflops(device: Any) -> float | None:
 class EvaluateChat(TrainingHook):
     """Answer the recipe's prompts before training, every ``every`` steps and at the end."""
 
+    def __init__(
+        self,
+        prompts: Annotated[list[Annotated[str, Option(pattern=NAME.pattern)]], Option("questions to ask")] = (),
+        every: Annotated[int, Option("also evaluate every N steps (0: only before and after)", ge=0)] = 0,
+        max_new_tokens: Annotated[int, Option("answer length", ge=1)] = 64,
+        system: Annotated[str | None, Option("system prompt for the evaluation (default: data.system)")] = None,
+    ) -> None:
+        self.prompts, self.every, self.max_new_tokens, self.system = list(prompts), every, max_new_tokens, system
+
     def before_train(self, ctx: RunContext) -> None:
         self._evaluate(ctx, "before training")
 
     def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None:
-        every = self.options.get("every") or 0
+        every = self.every
         if every and ctx.step % every == 0 and ctx.step != ctx.total_steps:
             self._evaluate(ctx, f"step {ctx.step}")
 
@@ -128,14 +144,14 @@ class EvaluateChat(TrainingHook):
             return
         from ..chat.generate import generate_answer
 
-        prompts = self.options.get("prompts") or []
-        system = self.options.get("system") or ctx.recipe["data"]["system"]
+        prompts = self.prompts
+        system = self.system or ctx.recipe["data"]["system"]
         model = ctx.strategy.unwrap(ctx.model)
         answers = []
         for prompt in prompts:
             answer = generate_answer(
                 model, ctx.tokenizer, ctx.template, [{"role": "user", "content": prompt}],
-                system=system, max_new_tokens=self.options.get("max_new_tokens", 64),
+                system=system, max_new_tokens=self.max_new_tokens,
             )
             answers.append({"prompt": prompt, "answer": answer})
             ctx.print(f"[bold cyan]eval ({label})[/bold cyan] {prompt!r} -> {answer!r}")
@@ -172,21 +188,11 @@ class TensorBoard(TrainingHook):
             self.writer.close()
 
 
-#: (name, class path, description, options) of the hooks the core registers.
+#: (name, class path, description) of the hooks the core registers.
 BUILTIN_HOOKS = [
-    ("dataset_info", "ftcore.train.hooks:DatasetInfo", "print dataset counts and one decoded sample", {}),
-    ("metrics_log", "ftcore.train.hooks:MetricsLog", "one JSON line per step in work_dir/metrics.jsonl (step, loss, lr, tokens_per_s)", {}),
-    ("throughput", "ftcore.train.hooks:Throughput", "tokens/s, TFLOP/s and MFU estimate", {"every": F(int, 10, "report every N steps", ge=1), "peak_tflops": F((int, float), None, "device peak for MFU", gt=0)}),
-    (
-        "evaluate_chat",
-        "ftcore.train.hooks:EvaluateChat",
-        "answer prompts before training, every N steps and at the end (work_dir/eval/)",
-        {
-            "prompts": F(list, [], "questions to ask", items=NAME),
-            "every": F(int, 0, "also evaluate every N steps (0: only before and after)", ge=0),
-            "max_new_tokens": F(int, 64, "answer length", ge=1),
-            "system": F(str, None, "system prompt for the evaluation"),
-        },
-    ),
-    ("tensorboard", "ftcore.train.hooks:TensorBoard", "loss, lr and throughput to TensorBoard (optional extra)", {}),
+    ("dataset_info", "ftcore.train.hooks:DatasetInfo", "print dataset counts and one decoded sample"),
+    ("metrics_log", "ftcore.train.hooks:MetricsLog", "one JSON line per step in work_dir/metrics.jsonl (step, loss, lr, tokens_per_s)"),
+    ("throughput", "ftcore.train.hooks:Throughput", "tokens/s, TFLOP/s and MFU estimate"),
+    ("evaluate_chat", "ftcore.train.hooks:EvaluateChat", "answer prompts before training, every N steps and at the end (work_dir/eval/)"),
+    ("tensorboard", "ftcore.train.hooks:TensorBoard", "loss, lr and throughput to TensorBoard (optional extra)"),
 ]

@@ -9,8 +9,10 @@ from ..models.plan import TrainingPlan, finish_plan
 
 
 class Objective:
-    """Base class of a registered objective (``objective.name`` in a recipe; options are the
-    constructor's keyword arguments, given as the other keys of the ``objective`` section).
+    """Base class of a registered objective (``objective.name`` in a recipe). Its options are its
+    constructor's typed keyword arguments with real defaults, e.g.
+    ``def __init__(self, beta: Annotated[float, Option("KL weight", gt=0)] = 0.1)``; a recipe
+    gives them as the other keys of the ``objective`` section, checked before the run starts.
 
     Per optimizer step the loop asks every micro batch for its :meth:`weight` (counted on the
     CPU before any forward: trained tokens, pairs, ...), adds them up over the step and all
@@ -21,9 +23,6 @@ class Objective:
     name = ""
     #: what :meth:`weight` counts: the step's total is logged under this name
     weight_name = "trained_tokens"
-
-    def __init__(self, **options: Any) -> None:
-        self.options = options
 
     def weight(self, batch: dict[str, Any]) -> int:
         """How much ``batch`` counts in the step's average (its labels are still in CPU memory)."""

@@ -39,10 +39,11 @@ def make_schedule(data: Any, data_cfg: dict[str, Any], train_cfg: dict[str, Any]
 
 
 def make_hooks(recipe: Any, parts: Any) -> list[Any]:
+    """The recipe's training hooks, each made with its options (the entry's other keys)."""
     hooks = []
     for entry in recipe["hooks"]:
         options = {k: v for k, v in entry.items() if k != "name"}
-        hooks.append(parts.hooks.get(entry["name"])(**options))
+        hooks.append(parts.hooks.part(entry["name"]).build(**options))
     return sorted(hooks, key=lambda hook: hook.order)  # stable: recipe order otherwise
 
 
@@ -58,11 +59,18 @@ def record_base_model(folder: Path, base: str) -> None:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def make_strategy(recipe: Any, parts: Any, precision: str) -> Any:
+    """The recipe's strategy (``strategy.name``): ``Strategy(recipe, precision, **options)``."""
+    section = recipe["strategy"]
+    options = {k: v for k, v in section.items() if k != "name"}
+    return parts.strategies.part(section["name"]).build(recipe, precision, **options)
+
+
 def make_objective(recipe: Any, parts: Any) -> Any:
     """The recipe's objective (``objective.name``) with its options."""
     section = recipe["objective"]
     options = {k: v for k, v in section.items() if k != "name"}
-    return parts.objectives.get(section["name"])(**options)
+    return parts.objectives.part(section["name"]).build(**options)
 
 
 class Run:
@@ -89,7 +97,7 @@ class Run:
         self.resume_from = check_resume(recipe, self.resume)  # a bad --resume fails before anything loads
         seed_everything(train_cfg["seed"])
         self.precision = resolve_precision(train_cfg["precision"], resolve_device(train_cfg["device"]))
-        strategy = parts.strategies.get(recipe["strategy"]["name"])(recipe, self.precision)
+        strategy = make_strategy(recipe, parts, self.precision)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and recipe["strategy"]["name"] == "single":
             raise FtcoreError("strategy single cannot run in several processes", where="strategy.name", hint="use strategy.name=ddp or a ZeRO strategy (zero2, zero3, ...)")
         strategy.setup()

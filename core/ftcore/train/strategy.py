@@ -10,7 +10,9 @@ from typing import Any
 class Strategy:
     """Base class of a registered strategy: how a training run is spread over devices.
 
-    Constructed as ``Strategy(recipe, precision)``. The loop calls, in order: ``setup()``,
+    Constructed as ``Strategy(recipe, precision, **options)``: a strategy's options (the
+    ``strategy.*`` keys it takes) are its constructor's typed keyword arguments after
+    ``precision``, with real defaults (see :mod:`ftcore.options`). The loop calls, in order: ``setup()``,
     ``prepare(model, optimizer, scheduler)``, then per micro batch ``backward(loss, last)``
     and per optimizer step ``step()``; checkpoints use ``save_state(dir)``/``load_state(dir)``
     for engine state and ``unwrap(model)`` for the model to save. ``rank``/``world_size``/

@@ -13,9 +13,7 @@ def register_model_builders(register) -> None:
 
 @hookimpl
 def register_training_hooks(register) -> None:
-    from .quickstart import OPTIONS
-
-    register("quickstart_assets", "ftcore_internlm2.quickstart:QuickstartAssets", "create the quickstart's tiny model and self-cognition data when missing", OPTIONS)
+    register("quickstart_assets", "ftcore_internlm2.quickstart:QuickstartAssets", "create the quickstart's tiny model and self-cognition data when missing")
 
 
 @hookimpl

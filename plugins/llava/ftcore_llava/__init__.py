@@ -14,9 +14,7 @@ from ftcore.api import yaml_files
 
 @hookimpl
 def register_model_builders(register) -> None:
-    from .builder import OPTIONS  # imports no torch
-
-    register("llava", "ftcore_llava.builder:build", "LLaVA: CLIP vision tower + projector + an LLM from any builder (model.llm_builder)", OPTIONS)
+    register("llava", "ftcore_llava.builder:build", "LLaVA: CLIP vision tower + projector + an LLM from any builder (model.llm_builder)")
 
 
 @hookimpl

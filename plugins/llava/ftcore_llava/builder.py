@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
-from ftcore.api import NAME, REQUIRED, F, FtcoreError, ModelBuilder, TrainingPlan
+from ftcore.api import NAME, F, FtcoreError, ModelBuilder, Option, TrainingPlan
 
 from .data import IMAGE_TOKEN, load_image_processor, pixel_values, resolve_image, use_image_folder
 
@@ -26,21 +26,6 @@ VISION_LORA = {
     "alpha": F(float, 16, "LoRA alpha", gt=0),
     "dropout": F(float, 0.05, "LoRA dropout (a probability)", ge=0, lt=1),
     "targets": F((str, list), "all-linear", "'all-linear' or module names", items=NAME, min_len=1, pattern=NAME.pattern),
-}
-
-#: ``model.*`` keys the llava builder adds to the recipe schema.
-OPTIONS = {
-    "llm_builder": F(str, "internlm2", "builder that loads the LLM at model.path (internlm2, hf, ...)", registry="models"),
-    "visual_encoder": F(str, REQUIRED, "CLIP checkpoint folder (CLIPVisionModel weights + preprocessor_config.json)", nullable=False, is_path=True),
-    "image_folder": F(str, None, "folder the records' image paths are relative to (default: the current directory)", is_path=True),
-    "projector": F(str, None, "a pretrained projector to start from: a projector/ folder, a checkpoint holding one, or a work dir (its latest checkpoint)", is_path=True),
-    "pad_image_to_square": F(bool, True, "pad images to a square with the image processor's mean colour before resizing"),
-    "visual_select_layer": F(int, -2, "vision layer whose patch features feed the projector, counted from the last (-1; CLS token dropped)", le=-1),
-    "projector_depth": F(int, 2, "linear layers in the projector (GELU between them)", ge=1),
-    "freeze_llm": F(bool, True, "keep the LLM's own weights frozen (its LoRA, if any, still trains)"),
-    "llm_lora": F(bool, True, "put the adapter section's LoRA on the LLM (false: no LLM adapter, e.g. for pretraining the projector)"),
-    "freeze_visual_encoder": F(bool, True, "keep the vision tower's own weights frozen (its LoRA, if any, still trains)"),
-    "visual_encoder_lora": F(dict, None, "LoRA on the vision tower: {r, alpha, dropout, targets}; none for no vision LoRA", keys=VISION_LORA),
 }
 
 VISION_LORA_DEFAULTS = {key: spec.default for key, spec in VISION_LORA.items()}
@@ -87,8 +72,27 @@ class LlavaBuilder(ModelBuilder):
 
     # -- binding to a recipe -------------------------------------------------------
 
-    def configure(self, model_cfg: dict[str, Any], parts: Any) -> "LlavaBuilder":
-        """A builder for this run's ``model`` section (the registered object stays unbound)."""
+    def configure(
+        self,
+        model_cfg: dict[str, Any],
+        parts: Any,
+        *,
+        visual_encoder: Annotated[str, Option("CLIP checkpoint folder (CLIPVisionModel weights + preprocessor_config.json)", is_path=True)],
+        llm_builder: Annotated[str, Option("builder that loads the LLM at model.path (internlm2, hf, ...)", registry="models")] = "internlm2",
+        image_folder: Annotated[str | None, Option("folder the records' image paths are relative to (default: the current directory)", is_path=True)] = None,
+        projector: Annotated[str | None, Option("a pretrained projector to start from: a projector/ folder, a checkpoint holding one, or a work dir (its latest checkpoint)", is_path=True)] = None,
+        pad_image_to_square: Annotated[bool, Option("pad images to a square with the image processor's mean colour before resizing")] = True,
+        visual_select_layer: Annotated[int, Option("vision layer whose patch features feed the projector, counted from the last (-1; CLS token dropped)", le=-1)] = -2,
+        projector_depth: Annotated[int, Option("linear layers in the projector (GELU between them)", ge=1)] = 2,
+        freeze_llm: Annotated[bool, Option("keep the LLM's own weights frozen (its LoRA, if any, still trains)")] = True,
+        llm_lora: Annotated[bool, Option("put the adapter section's LoRA on the LLM (false: no LLM adapter, e.g. for pretraining the projector)")] = True,
+        freeze_visual_encoder: Annotated[bool, Option("keep the vision tower's own weights frozen (its LoRA, if any, still trains)")] = True,
+        visual_encoder_lora: Annotated[dict | None, Option("LoRA on the vision tower: {r, alpha, dropout, targets}; none for no vision LoRA", keys=VISION_LORA)] = None,
+    ) -> "LlavaBuilder":
+        """A builder for this run's ``model`` section (the registered object stays unbound); the
+        keyword arguments are the ``model.*`` keys this builder adds to the recipe."""
+        options = {k: v for k, v in locals().items() if k not in ("self", "model_cfg", "parts")}
+        model_cfg = {**model_cfg, **options}
         if model_cfg.get("llm_builder") == "llava":
             raise FtcoreError("the LLM of a llava model cannot itself be llava", where="model.llm_builder")
         vision = Path(model_cfg["visual_encoder"]).expanduser()

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from ftcore.api import FtcoreError
-from ftcore.api import deep_merge
-from ftcore.api import DDPStrategy
+from ftcore.api import DDPStrategy, FtcoreError, Option, deep_merge
 
 ENGINE_TAG = "deepspeed"
 
 
-def deepspeed_config(recipe: Any, stage: int, offload: bool, precision: str) -> dict[str, Any]:
-    """The DeepSpeed config implied by the recipe, then ``strategy.config`` on top.
+def deepspeed_config(recipe: Any, stage: int, offload: bool, precision: str, extra: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    """The DeepSpeed config implied by the recipe, then ``extra`` (``strategy.config``) on top.
 
     Micro batch, accumulation, clipping and precision come from ``train``, so nothing is set
-    twice; ``strategy.config`` may be a mapping of DeepSpeed keys or a JSON file path.
+    twice; ``extra`` may be a mapping of DeepSpeed keys or a JSON file path.
     """
     train = recipe["train"]
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
@@ -39,7 +37,6 @@ def deepspeed_config(recipe: Any, stage: int, offload: bool, precision: str) -> 
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    extra = recipe["strategy"].get("config")
     if isinstance(extra, str):
         path = Path(extra)
         try:
@@ -57,8 +54,14 @@ class ZeroStrategy(DDPStrategy):
     #: the engine restores trainable weights itself on resume (they may be partitioned)
     restores_model = True
 
-    def __init__(self, recipe: Any, precision: str) -> None:
+    def __init__(
+        self,
+        recipe: Any,
+        precision: str,
+        config: Annotated[dict | str | None, Option("DeepSpeed settings on top of the ones derived from the recipe: a mapping of DeepSpeed keys, or a JSON file path")] = None,
+    ) -> None:
         super().__init__(recipe, precision)
+        self.extra_config = config
         if self.stage == 3 and recipe["model"]["quantization"] != "none":
             raise FtcoreError(
                 "QLoRA (a 4-bit quantized base) cannot be partitioned by ZeRO-3",
@@ -73,7 +76,7 @@ class ZeroStrategy(DDPStrategy):
     def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
         import deepspeed
 
-        self.config = deepspeed_config(self.recipe, self.stage, self.offload, self.precision)
+        self.config = deepspeed_config(self.recipe, self.stage, self.offload, self.precision, self.extra_config)
         engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config)
         self.model, self.optimizer, self.scheduler = engine, optimizer, scheduler
         return engine, optimizer, scheduler
