@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "DatasetFormat": ".data.formats", "RecordError": ".data.formats", "require": ".data.formats", "Message": ".data.formats",
     "sample_turns": ".data.formats", "sample_messages": ".data.formats", "sample_extras": ".data.formats",
     "load_records": ".data.load", "write_records": ".data.files",
+    "encode_batch": ".data.encode", "pack": ".data.pack", "collate_rows": ".data.collate", "expand_pairs": ".data.pairs",
     "PromptTemplate": ".data.template",
     # checkpoints
     "latest_checkpoint": ".train.checkpoint", "list_checkpoints": ".train.checkpoint",

@@ -43,9 +43,37 @@ def collate_rows(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: in
         "labels": torch.from_numpy(labels),
         "position_ids": torch.from_numpy(position_ids),
     }
-    for key in (k for k in rows[0] if k not in ("input_ids", "labels", "position_ids", "cu_seqlens")):
+    for key in _extra_keys(rows):
         batch[key] = [r[key] for r in rows]  # per-row lists of per-sample extras (e.g. image paths)
+    batch[SAMPLES] = _samples(rows, width)
     return batch
+
+
+#: the batch key of what objectives may need about the batch's samples (not a model input):
+#: ``index`` (per token: its sample's number in the batch, -1 for padding; labels' shape) and each
+#: carried per-sample value (e.g. ``side`` of a preference pair), one per sample in batch order
+SAMPLES = "samples"
+
+
+def _extra_keys(rows: list[dict[str, np.ndarray]]) -> list[str]:
+    return [k for k in rows[0] if k not in ("input_ids", "labels", "position_ids", "cu_seqlens")]
+
+
+def _samples(rows: list[dict[str, np.ndarray]], width: int | None) -> dict[str, Any]:
+    """Per token, the number of its sample in the batch (rows padded to ``width``, or laid flat)."""
+    import torch
+
+    index, first = [], 0
+    for r in rows:  # a loop over rows, not tokens
+        lengths = np.diff(r["cu_seqlens"])
+        row = np.repeat(np.arange(first, first + len(lengths)), lengths)
+        first += len(lengths)
+        index.append(np.concatenate([row, np.full(width - len(row), -1)]) if width is not None else row)
+    flat = np.concatenate(index)
+    out: dict[str, Any] = {"index": torch.from_numpy(np.stack(index) if width is not None else flat[None]).long()}
+    for key in _extra_keys(rows):
+        out[key] = [v for r in rows for v in r[key]]
+    return out
 
 
 def _collate_flat(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: int) -> dict[str, Any]:
@@ -66,6 +94,9 @@ def _collate_flat(rows: list[dict[str, np.ndarray]], pad_id: int, multiple_of: i
         "cu_seqlens": cu,
         "max_seqlen": longest,
     }
+    samples = _samples(rows, None)
+    samples["index"] = torch.nn.functional.pad(samples["index"], (0, pad), value=-1)
+    batch[SAMPLES] = samples
     return batch
 
 

@@ -116,8 +116,7 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
     ``encode`` (no tokenizer yet) the records are read and formatted only."""
     from .apply import detect_format
     from .load import load_records
-    from .pack import pack
-    from .pipeline import DataReport, RecordProblem, data_paths, encode_all, fill_counts, find_format_problems
+    from .pipeline import DataReport, RecordProblem, data_paths, encode_and_pack, find_format_problems
 
     data_cfg, seed = recipe["data"], recipe["train"]["seed"]
     out.print(f"checking {_data_line(recipe)}", markup=False)
@@ -141,11 +140,14 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
         raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")
     report = DataReport(records=len(records), format=name, dropped_by_format=fmt_report.dropped)
     encode_problems: list[RecordProblem] = []
-    encoded, extras = encode_all(samples, tokenizer, template, data_cfg, report, problems=encode_problems)
+    from ..train.objective import check_data_kind
+    from .pairs import is_pair
+
+    if len(samples):
+        check_data_kind(parts.objectives.get(recipe["objective"]["name"]), is_pair(samples[0]))
+    packed = encode_and_pack(samples, tokenizer, template, data_cfg, report, seed, problems=encode_problems)
     problems = sorted(problems + encode_problems, key=lambda p: p.origin)  # in file order
     report.skipped = len(problems)
-    if len(encoded):
-        fill_counts(report, pack(encoded, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras))
     detected = " (detected)" if data_cfg["format"] == "auto" else ""
     out.print(f"records {report.records}, format {name}{detected}")
     if report.dropped_by_format:
@@ -153,7 +155,7 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
         out.print(f"  dropped by the format on purpose (e.g. <nooutput>): {report.dropped_by_format} ({', '.join(fmt_report.dropped_at)}{more})", markup=False)
     out.print(f"samples {report.samples}, tokens {report.tokens} ({report.trained_tokens} trained)", markup=False)
     out.print(f"  truncated to max_length {data_cfg['max_length']}: {report.truncated}; dropped with no trained token: {report.dropped_empty}", markup=False)
-    if len(encoded):
+    if packed is not None:
         out.print(f"  {report.rows} row(s), packing efficiency {report.efficiency:.1%}", markup=False)
     if problems:
         out.print(f"[red]✗ {len(problems)} record(s) with problems:[/red]")

@@ -114,6 +114,11 @@ class Encoded:
             return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64))
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("tokens", "labels", "lengths")))
 
+    def subset(self, keep: np.ndarray) -> "Encoded":
+        """The samples where the boolean mask ``keep`` is true, in order."""
+        tokens = np.repeat(keep, self.lengths)
+        return Encoded(self.tokens[tokens], self.labels[tokens], self.lengths[keep])
+
     def as_lists(self) -> tuple[list[list[int]], list[list[int]]]:
         """Every sample's ids and labels as Python lists (for inspection and tests)."""
         if not len(self):
@@ -152,6 +157,7 @@ def pack(
     shuffle: bool = True,
     seed: int = 42,
     extras: dict[str, list] | None = None,
+    group: int = 1,
 ) -> PackedData:
     """Shuffle (seeded) then pack samples into rows of at most ``max_length`` tokens.
 
@@ -159,18 +165,21 @@ def pack(
     order (each sample goes to the open row it fills most tightly): rows come out about 99%
     full where next-fit leaves 10% empty; deterministic under a seed, and no token is lost
     or duplicated. ``extras`` are per-sample values (aligned with ``samples``) that follow
-    their sample.
+    their sample. ``group=k``: every k consecutive samples (e.g. the two answers of a
+    preference pair) are one unit, shuffled, packed and kept together in one row, in order.
     """
-    n = len(samples)
+    n = len(samples) // group
+    units = samples.lengths.reshape(n, group).sum(axis=1)
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    if (samples.lengths > max_length).any():
+    if (units > max_length).any():
         raise ValueError("samples must be truncated to max_length before packing")
     if packed:
-        row_of = _best_fit(samples.lengths[order], max_length)
+        row_of = _best_fit(units[order], max_length)
         order = order[np.argsort(row_of, kind="stable")]
-        rows = offsets(np.unique(row_of, return_counts=True)[1])
+        rows = offsets(np.unique(row_of, return_counts=True)[1]) * group
     else:
-        rows = np.arange(n + 1, dtype=np.int64)
+        rows = np.arange(n + 1, dtype=np.int64) * group
+    order = (order[:, None] * group + np.arange(group)).reshape(-1)  # units -> their samples, in order
     lengths = samples.lengths[order]
     starts = offsets(lengths)
     # token indices that lay the samples out in the new order

@@ -19,8 +19,9 @@ from .encode import EncodedBatch
 from .pack import Encoded, PackedData, pack
 
 PIPELINE_VERSION = "3"
-#: Sample keys (besides the text) carried from records into batches, e.g. an image path.
-CARRIED_KEYS = ("image",)
+#: Sample keys (besides the text) carried from records into batches: an image path, a
+#: preference pair's side and pair number (see :mod:`ftcore.data.pairs`).
+CARRIED_KEYS = ("image", "side", "pair")
 ENCODE_CHUNK = 2048
 #: BPE word-cache entries while a whole dataset is encoded (the tokenizers default, 10,000, is
 #: smaller than a dataset's vocabulary of words: misses redo the merges).
@@ -292,12 +293,36 @@ def _build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template
     needs_template = any("messages" in s for s in samples)
     if needs_template and template is None:
         raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")
-    encoded, extras = encode_all(samples, tokenizer, template, data_cfg, report)
-    if not len(encoded):
+    packed = encode_and_pack(samples, tokenizer, template, data_cfg, report, seed)
+    if packed is None:
         raise FtcoreError("every sample was dropped while encoding (no trained tokens left)", where="data", hint="raise data.max_length or check the template")
-    packed = pack(encoded, data_cfg["max_length"], packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras)
-    fill_counts(report, packed)
     return packed, report
+
+
+def encode_and_pack(samples: Any, tokenizer: Any, template: Any, data_cfg: dict[str, Any], report: DataReport, seed: int,
+                    problems: list[RecordProblem] | None = None) -> PackedData | None:
+    """Encode then pack the formatted samples (None when none is left), filling the report's counts.
+
+    Preference pairs become their two answers, packed together: a row holds whole pairs, up to
+    twice ``data.max_length`` tokens (``data.max_length`` bounds each answer with its prompt).
+    """
+    from .pairs import PAIR, expand_pairs, is_pair, whole_pairs
+
+    pairs = bool(len(samples)) and is_pair(samples[0])
+    if pairs:
+        samples = expand_pairs(samples)
+    encoded, extras = encode_all(samples, tokenizer, template, data_cfg, report, problems=problems)
+    if pairs:
+        keep = whole_pairs(extras.get(PAIR, []))
+        report.dropped_empty += int((~keep).sum())  # the other half of a pair that lost one
+        encoded = encoded.subset(keep)
+        extras = {k: [v for v, kept in zip(values, keep) if kept] for k, values in extras.items()}
+    if not len(encoded):
+        return None
+    capacity = data_cfg["max_length"] * (2 if pairs else 1)
+    packed = pack(encoded, capacity, packed=data_cfg["pack"], shuffle=data_cfg["shuffle"], seed=seed, extras=extras, group=2 if pairs else 1)
+    fill_counts(report, packed)
+    return packed
 
 
 def fill_counts(report: DataReport, packed: PackedData) -> None:

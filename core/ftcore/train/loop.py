@@ -6,7 +6,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -138,6 +138,24 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
         return contextlib.nullcontext()
 
+    def data_batches(self) -> Iterator[dict[str, Any]]:
+        """Every row of the training data once, in micro batches on the device, with the model in
+        eval mode, gradients off and the run's autocast on (for passes over the data that do not train)."""
+        import torch
+
+        ctx = self.ctx
+        model, size = ctx.model, ctx.recipe["train"]["micro_batch"]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(ctx.data), size):
+                    batch = to_device(self.collate(list(range(start, min(start + size, len(ctx.data))))), ctx.strategy.device, keep=self.plan.cpu_inputs)
+                    with self._autocast():
+                        yield batch
+        finally:
+            model.train(was_training)
+
     def train_step(self) -> dict[str, Any]:
         """One optimizer step: the objective's summed loss over the step's micro batches, divided
         by their total weight (trained tokens for SFT) across every process."""
@@ -171,7 +189,8 @@ class Trainer:
     def run(self) -> str:
         """Train to the end; returns ``done``, ``stopped`` (signal) or raises on NaN."""
         ctx = self.ctx
-        progress = _Progress(ctx)
+        self.objective.before_train(ctx, self.plan, self.data_batches)
+        progress = _Progress(ctx, self.objective.shown)
         with StopRequested() as stop, progress:
             timer = time.perf_counter()
             while ctx.step < ctx.total_steps:
@@ -215,8 +234,8 @@ class Trainer:
 class _Progress:
     """A rich progress bar on terminals; plain log lines otherwise (main process only)."""
 
-    def __init__(self, ctx: RunContext) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: RunContext, shown: tuple[str, ...] = ()) -> None:
+        self.ctx, self.shown = ctx, shown
         self.bar: Any = None
         self.every = max(1, ctx.recipe["train"]["log_every"])
 
@@ -234,7 +253,8 @@ class _Progress:
     def update(self, m: dict[str, Any]) -> None:
         if not self.ctx.is_main:
             return
-        info = f"epoch {m['epoch']:.2f} loss {m['loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s{_gpu_memory()}"
+        shown = "".join(f" {name.rsplit('/', 1)[-1]} {m[name]:.3g}" for name in self.shown if name in m)
+        info = f"epoch {m['epoch']:.2f} loss {m['loss']:.4f}{shown} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s{_gpu_memory()}"
         if self.bar:
             self.bar.update(self.task, completed=m["step"], info=info)
         elif m["step"] % self.every == 0 or m["step"] == self.ctx.total_steps:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from ..data import IGNORE
+from ..errors import FtcoreError
 from ..models.plan import TrainingPlan, finish_plan
 
 
@@ -23,6 +24,15 @@ class Objective:
     name = ""
     #: what :meth:`weight` counts: the step's total is logged under this name
     weight_name = "trained_tokens"
+    #: whether it trains on preference pairs (``chosen``/``rejected``) rather than single samples
+    pairs = False
+    #: metrics shown in the progress line beside the loss
+    shown: tuple[str, ...] = ()
+
+    def before_train(self, ctx: Any, plan: TrainingPlan, batches: Callable[[], Iterator[dict[str, Any]]]) -> None:
+        """Once before the first step (also when resuming): e.g. reference log-probs of every sample.
+        ``batches()`` goes once over the whole training data, each batch ready on the device, with
+        the model in eval mode, gradients off and the run's autocast on."""
 
     def weight(self, batch: dict[str, Any]) -> int:
         """How much ``batch`` counts in the step's average (its labels are still in CPU memory)."""
@@ -45,6 +55,20 @@ class SFT(Objective):
     def loss(self, plan: TrainingPlan, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         nll, _ = plan.token_nll(model, batch)
         return nll, {}
+
+
+def check_data_kind(objective: Any, pairs: bool) -> None:
+    """Pair data needs a pair objective and the reverse (an SFT run on pairs would train the rejected answers too)."""
+    if pairs and not objective.pairs:
+        raise FtcoreError(
+            f"the data holds preference pairs (chosen/rejected), which objective {objective.name!r} does not train on",
+            where="objective.name", hint="use a preference objective: dpo, orpo or simpo (`ftcore list objectives`)",
+        )
+    if objective.pairs and not pairs:
+        raise FtcoreError(
+            f"objective {objective.name!r} trains on preference pairs, but the data has none",
+            where="data.path", hint="give pair data ({prompt, chosen, rejected} or another preference format; `ftcore data check` shows the format), or objective.name=sft",
+        )
 
 
 def loss_sum(model: Any, batch: dict[str, Any], plan: TrainingPlan | None = None) -> tuple[Any, Any]:

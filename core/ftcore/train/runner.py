@@ -13,6 +13,7 @@ from ..recipe import with_resolved_paths
 from .checkpoint import begin_checkpoint, finish_checkpoint, read_state, rng_state, set_rng_state
 from .context import RunContext
 from .loop import Schedule, Trainer, total_steps
+from .objective import check_data_kind
 from .preflight import check_resume
 
 
@@ -116,10 +117,11 @@ class Run:
             is_main=ctx.is_main, barrier=strategy.barrier, log=self.log,
             extra_key=builder.data_key(),
         )
+        self.objective = make_objective(recipe, parts)
+        check_data_kind(self.objective, "side" in ctx.data.extras)  # before the weights load
         model = load_base_model(model_cfg, builder, strategy.device, self.precision)
         self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"])
         model = self.plan.model
-        self.objective = make_objective(recipe, parts)
         trainable, total = count_parameters(model)
         quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
         self.log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({recipe['adapter']['kind']}{quant}), {self.precision} on {strategy.device}")
@@ -143,6 +145,7 @@ class Run:
         optimizer = build_optimizer(params, train_cfg)
         scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps, resumed)
         ctx.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
+        ctx.plan = self.plan
 
     def collate(self, rows: list[int]) -> dict[str, Any]:
         from ..data.collate import collate_rows
