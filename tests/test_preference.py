@@ -164,6 +164,19 @@ def test_quickstart_dpo_turns_held_out_preferences_to_the_chosen_answers(tmp_pat
     assert {"rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected", "pairs"} <= metrics[-1].keys()
     assert metrics[-1]["rewards/margin"] > metrics[0]["rewards/margin"] and "accuracy" in proc.stdout
     assert (wd / "checkpoint-30" / "adapter_model.safetensors").is_file()
+    plot = run_cli("plot", str(wd), check=True)
+    assert (wd / "metrics.png").read_bytes()[:4] == b"\x89PNG" and "metrics.png" in plot.stdout
+    show = run_cli("data", "show", "--recipe", str(wd / "recipe.yaml"), "-n", "1", check=True)
+    assert "pair 1 of 108, chosen answer" in show.stdout and "pair 1 of 108, rejected answer" in show.stdout
+
+
+@pytest.mark.parametrize("recipe,objective", [("internlm2_dpo", "dpo"), ("internlm2_orpo", "orpo")])
+def test_the_shipped_preference_recipes_resolve(recipe, objective) -> None:
+    import yaml
+
+    proc = run_cli("show", recipe, check=True)
+    data = yaml.safe_load(proc.stdout)
+    assert data["objective"]["name"] == objective and data["adapter"]["kind"] == "qlora" and data["model"]["builder"] == "internlm2"
 
 
 @pytest.mark.slow

@@ -64,15 +64,17 @@ def show_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...], co
     out.print(f"data: {_data_line(recipe)}", markup=False)
     starts = packed.sample_starts
     lengths = np.diff(starts)
-    shown = min(count, packed.num_samples)
+    sides = packed.extras.get("side")  # preference pairs: show both answers of each of `count` pairs
+    shown = min(count * (2 if sides else 1), packed.num_samples)
     if shown:
         text, markup = legend(out)
         out.print(text, markup=markup)
     for k in range(shown):
         lo, hi = int(starts[k]), int(starts[k + 1])
         trained = packed.labels[lo:hi] != IGNORE
+        which = f"pair {k // 2 + 1} of {packed.num_samples // 2}, {'chosen' if sides[k] == 0 else 'rejected'} answer" if sides else f"sample {k + 1} of {packed.num_samples}"
         out.print()
-        out.rule(f"sample {k + 1} of {packed.num_samples}: {hi - lo} tokens, {int(trained.sum())} trained", style="dim")
+        out.rule(f"{which}: {hi - lo} tokens, {int(trained.sum())} trained", style="dim")
         out.print(render_segments(out, token_segments(tokenizer, packed.tokens[lo:hi].tolist(), trained.tolist())))
     if shown:
         out.rule(style="dim")

@@ -1,4 +1,4 @@
-"""``ftcore plot WORK_DIR``: loss and learning rate against steps, as a PNG."""
+"""``ftcore plot WORK_DIR``: loss, learning rate (and a preference objective's rewards) against steps, as a PNG."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def read_metrics(work_dir: Path) -> list[dict]:
 
 
 def plot_metrics(work_dir: Path, out: Path) -> Path:
-    """Write a two-panel PNG (loss, learning rate) of ``work_dir/metrics.jsonl``."""
+    """Write a PNG of ``work_dir/metrics.jsonl``: loss, learning rate, and rewards when the objective reports them."""
     rows = read_metrics(work_dir)
     try:
         import matplotlib
@@ -37,14 +37,21 @@ def plot_metrics(work_dir: Path, out: Path) -> Path:
     except ImportError:
         raise FtcoreError("plotting needs matplotlib", hint="pip install 'ftcore[plot]'") from None
     steps = [r["step"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    ax1.plot(steps, [r["loss"] for r in rows], color="tab:blue")
-    ax1.set_ylabel("loss")
-    ax1.grid(alpha=0.3)
-    ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange")
-    ax2.set_ylabel("learning rate")
-    ax2.set_xlabel("step")
-    ax2.grid(alpha=0.3)
+    panels = [("loss", ["loss"]), ("learning rate", ["lr"])]
+    rewards = sorted({k for r in rows for k in r if k.startswith("rewards/") and k != "rewards/accuracy"})
+    if rewards:  # a preference objective's rewards, and how often the chosen answer wins
+        panels.append(("reward", rewards))
+    if any("rewards/accuracy" in r for r in rows):
+        panels.append(("reward accuracy", ["rewards/accuracy"]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True, squeeze=False)
+    for ax, (label, keys) in zip(axes[:, 0], panels):
+        for key in keys:
+            ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], label=key.removeprefix("rewards/"))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(loc="best", fontsize="small")
+    axes[-1, 0].set_xlabel("step")
     fig.suptitle(f"{work_dir.name}: {len(rows)} steps")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
