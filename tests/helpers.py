@@ -37,9 +37,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     return proc
 
 
-def lora_model(path: Path, quantization: str = "none", dropout: float = 0.3, **model_cfg):
+def lora_model(path: Path, quantization: str = "none", dropout: float = 0.3, adapter=None, **model_cfg):
     """A LoRA (r=8) model of the checkpoint at ``path``, prepared for training on the CPU in fp32
-    exactly as ``ftcore run`` prepares it; ``model_cfg`` overrides ``model.*`` options."""
+    exactly as ``ftcore run`` prepares it; ``adapter`` is another adapter kind (e.g. DoRA());
+    ``model_cfg`` overrides ``model.*`` options."""
     import pytest
     import torch
 
@@ -52,9 +53,9 @@ def lora_model(path: Path, quantization: str = "none", dropout: float = 0.3, **m
     cfg = {"path": str(path), "quantization": quantization, "double_quant": True, "dtype": "fp32", "trust_remote_code": False,
            "attn_implementation": "sdpa", "gradient_checkpointing": True, "offload_activations": False, "chunked_loss": True,
            "fused_lora": False, "compile": False, **model_cfg}
-    adapter = {"kind": "lora", "r": 8, "alpha": 16, "dropout": dropout, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
+    adapter_cfg = {"kind": "lora", "r": 8, "alpha": 16, "dropout": dropout, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
     torch.manual_seed(0)
-    return prepare_for_training(load_base_model(cfg, HFBuilder(), torch.device("cpu"), "fp32"), cfg, adapter).model
+    return prepare_for_training(load_base_model(cfg, HFBuilder(), torch.device("cpu"), "fp32"), cfg, adapter_cfg, adapter).model
 
 
 def adapter_step(model) -> tuple[float, dict]:

@@ -21,6 +21,9 @@ EXERCISED_BY = {
     "register_training_hooks": ["evaluate_chat", "quickstart"],
     "register_objectives": ["objective.name", "SFT()"],
     "register_commands": ["data", "merge"],
+    "register_adapters": ["register_adapters"],
+    "register_optimizers": ["adamw_8bit"],
+    "register_schedules": ["register_schedules"],
 }
 
 

@@ -39,7 +39,7 @@ def test_the_plan_lists_the_transforms_in_their_declared_order(tiny_llama) -> No
     (plan,) = seen
     order = [t.name for t in TRANSFORMS]
     assert plan.applied == [name for name in order if name in plan.applied]
-    assert {"chunked loss head", "gradient checkpointing", "activation offload", "lora", "fused lora", "replay skip", "embedding offload"} <= set(plan.applied)
+    assert {"chunked loss head", "gradient checkpointing", "activation offload", "adapter", "fused lora", "replay skip", "embedding offload"} <= set(plan.applied)
     assert plan.cpu_inputs == ("input_ids", "labels") and plan.loss_head is not None
 
 

@@ -18,8 +18,9 @@ _EXPORTS: dict[str, str] = {
     "Option": ".options", "Field": ".recipe", "F": ".recipe", "NAME": ".recipe", "REQUIRED": ".recipe", "deep_merge": ".recipe",
     "yaml_files": ".parts",
     # part base classes and what they are handed
-    "ModelBuilder": ".models.builder", "TrainingPlan": ".models.plan", "finish_plan": ".models.plan", "IGNORE": ".data",
+    "ModelBuilder": ".models.builder", "HFBuilder": ".models.hf", "TrainingPlan": ".models.plan", "finish_plan": ".models.plan", "IGNORE": ".data",
     "lora_targets": ".models.loading", "install_loss_head": ".models.loss_head",
+    "AdapterKind": ".models.adapters", "LoRA": ".models.adapters", "adam_kwargs": ".train.optim",
     "Strategy": ".train.strategy", "SingleStrategy": ".train.strategy", "DDPStrategy": ".train.strategy",
     "TrainingHook": ".train.hooks", "RunContext": ".train.context",
     "Objective": ".train.objective", "SFT": ".train.objective",

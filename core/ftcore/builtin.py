@@ -1,6 +1,8 @@
-"""The core's own plugin: chat templates from templates/, core recipes, the hf builder, core strategies and hooks."""
+"""The core's own plugin: chat templates from templates/, core recipes, the hf builder, adapter kinds, strategies, hooks, the sft objective, optimizers and schedules."""
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 from . import hookimpl
 from .parts import yaml_files
@@ -21,6 +23,33 @@ def register_recipes(register) -> None:
 @hookimpl
 def register_model_builders(register) -> None:
     register("hf", "ftcore.models.hf:build", "any causal LM transformers can load from a local folder")
+
+
+def _described(register: Callable[..., None], table: dict[str, Any]) -> None:
+    """Register each part of ``table`` under its name, described by its docstring's first line."""
+    for name, target in table.items():
+        register(name, target, (target.__doc__ or "").strip().splitlines()[0].rstrip("."))
+
+
+@hookimpl
+def register_adapters(register) -> None:
+    from .models.adapters import ADAPTERS
+
+    _described(register, ADAPTERS)
+
+
+@hookimpl
+def register_optimizers(register) -> None:
+    from .train.optim import OPTIMIZERS
+
+    _described(register, OPTIMIZERS)
+
+
+@hookimpl
+def register_schedules(register) -> None:
+    from .train.optim import SCHEDULES
+
+    _described(register, SCHEDULES)
 
 
 @hookimpl

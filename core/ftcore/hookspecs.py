@@ -55,6 +55,18 @@ def register_model_builders(register: Register) -> None:
 
 
 @hookspec
+def register_adapters(register: Register) -> None:
+    """Register adapter kinds that recipes choose with ``adapter.kind`` (LoRA, QLoRA, DoRA, full, ...).
+
+    :param register: ``register(name, target, description="")``; ``target`` is a subclass of
+        ``ftcore.api.AdapterKind`` (or ``LoRA``) or a lazy ``"module:attribute"`` reference. Its
+        ``apply(model, adapter_cfg)`` makes the model trainable at the adapter step of the model
+        transforms; class attributes ``quantized_base`` / ``trains_base`` say what it implies; its
+        constructor's typed keyword arguments are extra ``adapter.*`` keys.
+    """
+
+
+@hookspec
 def register_strategies(register: Register) -> None:
     """Register training strategies (single device, DDP, DeepSpeed ZeRO, ...).
 
@@ -91,4 +103,26 @@ def register_commands(cli: Any) -> None:
     :param cli: the root ``click.Group``; call ``cli.add_command(...)`` or use
         ``@cli.command()``. Import heavy libraries inside the command body, not at
         module import time, so ``ftcore --help`` stays instant.
+    """
+
+
+@hookspec
+def register_optimizers(register: Register) -> None:
+    """Register optimizers that recipes choose with ``train.optimizer``.
+
+    :param register: ``register(name, target, description="")``; ``target`` is a callable
+        ``build(params, train_cfg) -> torch.optim.Optimizer`` (``train_cfg`` is the recipe's
+        ``train`` section: ``lr``, ``weight_decay``, ``betas``, ...) or a lazy
+        ``"module:attribute"`` reference.
+    """
+
+
+@hookspec
+def register_schedules(register: Register) -> None:
+    """Register learning-rate schedules that recipes choose with ``train.schedule``.
+
+    :param register: ``register(name, target, description="")``; ``target`` is a decay function
+        ``decay(progress) -> float`` giving the share of the way from the peak learning rate down
+        to ``train.min_lr_ratio`` still left at ``progress`` (0 after warmup, 1 at the last step),
+        or a lazy ``"module:attribute"`` reference; the core adds warmup and resume.
     """

@@ -10,7 +10,10 @@ from .plugins import PluginManager, describe_exception, one_line, trace
 from .registry import Part, Registry
 
 #: What one part of each kind is called in messages.
-LABELS = {"recipes": "recipe", "formats": "dataset format", "templates": "template", "models": "model builder", "strategies": "strategy", "hooks": "training hook", "objectives": "objective"}
+LABELS = {
+    "recipes": "recipe", "formats": "dataset format", "templates": "template", "models": "model builder", "adapters": "adapter kind",
+    "strategies": "strategy", "hooks": "training hook", "objectives": "objective", "optimizers": "optimizer", "schedules": "learning-rate schedule",
+}
 
 #: CLI names of the part kinds, in display order, with the hook that fills each.
 KINDS: dict[str, str] = {
@@ -18,9 +21,12 @@ KINDS: dict[str, str] = {
     "formats": "register_dataset_formats",
     "templates": "register_prompt_templates",
     "models": "register_model_builders",
+    "adapters": "register_adapters",
     "strategies": "register_strategies",
     "hooks": "register_training_hooks",
     "objectives": "register_objectives",
+    "optimizers": "register_optimizers",
+    "schedules": "register_schedules",
 }
 
 
@@ -32,9 +38,12 @@ class Parts:
     formats: Registry
     templates: Registry
     models: Registry
+    adapters: Registry
     strategies: Registry
     hooks: Registry
     objectives: Registry
+    optimizers: Registry
+    schedules: Registry
 
     def kind(self, name: str) -> Registry:
         return getattr(self, name)
@@ -135,9 +144,12 @@ _REGISTRARS: dict[str, Callable[[_Staging], Callable[..., None]]] = {
     "formats": _format_registrar,
     "templates": _template_registrar,
     "models": _named_registrar,
+    "adapters": _named_registrar,
     "strategies": _named_registrar,
     "hooks": _named_registrar,
     "objectives": _named_registrar,
+    "optimizers": _named_registrar,
+    "schedules": _named_registrar,
 }
 
 

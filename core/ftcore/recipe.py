@@ -109,7 +109,7 @@ SCHEMA: dict[str, Any] = {
         "compile": F(bool, False, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile)"),
     },
     "adapter": {
-        "kind": F(str, "lora", "lora, qlora (4-bit base + LoRA), or full", choices=("lora", "qlora", "full")),
+        "kind": F(str, "lora", "adapter kind: lora, qlora (4-bit base + LoRA), dora, full, or one a plugin adds (`ftcore list adapters`)", registry="adapters"),
         "r": F(int, 64, "LoRA rank", ge=1),
         "alpha": F(float, 16, "LoRA alpha", gt=0),
         "dropout": F(float, 0.1, "LoRA dropout (a probability)", ge=0, lt=1),
@@ -134,7 +134,7 @@ SCHEMA: dict[str, Any] = {
         "epochs": F(NUM, 1, "passes over the data (ignored when max_steps is set)", gt=0),
         "max_steps": F(int, None, "optimizer steps to run", ge=1),
         "lr": F(float, 2e-4, "peak learning rate", gt=0),
-        "schedule": F(str, "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant")),
+        "schedule": F(str, "cosine", "learning-rate schedule after warmup: cosine, linear, constant, ... (`ftcore list schedules`)", registry="schedules"),
         "warmup_ratio": F(float, 0.03, "fraction of steps spent warming up", ge=0, le=1),
         "min_lr_ratio": F(float, 0.0, "final learning rate as a fraction of lr", ge=0, le=1),
         "micro_batch": F(int, 1, "rows per forward pass per process", ge=1),
@@ -142,7 +142,7 @@ SCHEMA: dict[str, Any] = {
         "max_grad_norm": F(float, 1.0, "gradient clipping norm (0 disables)", ge=0),
         "weight_decay": F(float, 0.0, "AdamW weight decay", ge=0, le=1),
         "betas": F(list, [0.9, 0.999], "AdamW betas [beta1, beta2], each >= 0 and < 1", items=F(float, None, "an AdamW beta", nullable=False, ge=0, lt=1), min_len=2, max_len=2),
-        "optimizer": F(str, "adamw", "optimizer", choices=("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")),
+        "optimizer": F(str, "adamw", "optimizer: adamw, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, ... (`ftcore list optimizers`)", registry="optimizers"),
         "precision": F(str, "auto", "auto (bf16 on GPUs that have it, fp16 otherwise, fp32 on CPU)", choices=("auto", "bf16", "fp16", "fp32")),
         "seed": F(int, 42, "random seed for data order, dropout and initialisation", ge=0, lt=2**32),
         "save_every": F(int, 500, "save a checkpoint every N optimizer steps (0: only at the end)", ge=0),
@@ -162,7 +162,7 @@ SCHEMA: dict[str, Any] = {
 SECTIONS = [k for k, v in SCHEMA.items() if isinstance(v, dict)]
 
 #: Sections that also take the options of the part they name: section -> (registry, key naming the part).
-PART_OPTIONS = {"model": ("models", "builder"), "strategy": ("strategies", "name"), "objective": ("objectives", "name")}
+PART_OPTIONS = {"model": ("models", "builder"), "adapter": ("adapters", "kind"), "strategy": ("strategies", "name"), "objective": ("objectives", "name")}
 
 #: Keys the core once owned that a part now takes as an option: a null value (as recipes saved by
 #: older versions hold) is dropped when the chosen part does not take the key.
@@ -492,11 +492,24 @@ class _Checker:
             self.check_mapping(entry, {"name": F(str, REQUIRED), **options}, f"{path}.")
 
     def check_consistency(self, data: dict[str, Any]) -> None:
-        model, adapter = data["model"], data["adapter"]
-        if adapter.get("kind") == "qlora" and model.get("quantization") in (None, "none"):
+        """What the adapter kind implies: a quantized base (nf4 unless the recipe says which), or
+        every base weight trained (no quantized base)."""
+        model, kind = data["model"], adapter_kind(data["adapter"].get("kind"), self.parts)
+        if kind is None:
+            return
+        if kind.quantized_base and model.get("quantization") in (None, "none"):
             model["quantization"] = "nf4"
-        if adapter.get("kind") == "full" and model.get("quantization") not in (None, "none"):
-            self.problem("model.quantization", "a quantized base cannot be fully fine-tuned", "use adapter.kind: qlora or lora")
+        if kind.trains_base and model.get("quantization") not in (None, "none"):
+            self.problem("model.quantization", f"a quantized base cannot be fully fine-tuned (adapter.kind {data['adapter']['kind']})", "use adapter.kind: qlora or lora")
+
+
+def adapter_kind(name: Any, parts: Any) -> Any:
+    """The adapter kind class called ``name`` (the core's own when there are no parts), or None."""
+    if parts is not None:
+        return parts.adapters.get(name) if isinstance(name, str) and name in parts.adapters else None
+    from .models.adapters import ADAPTERS
+
+    return ADAPTERS.get(name) if isinstance(name, str) else None
 
 
 def with_resolved_paths(recipe: Recipe, parts: Any) -> Recipe:

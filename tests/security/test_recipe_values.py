@@ -45,6 +45,8 @@ def bad_values(spec: Field) -> Iterator[Any]:
         yield math.inf
     if spec.choices:
         yield "__not_a_choice__"
+    if spec.registry:  # a part name: every registered kind (builders, adapter kinds, optimizers, ...)
+        yield "__no_such_part__"
     if spec.pattern:
         yield next(v for v in ("", " ", "__ftcore_invalid__") if not re.fullmatch(spec.pattern, v))
     if spec.items is not None:

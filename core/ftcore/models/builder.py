@@ -44,11 +44,13 @@ class ModelBuilder:
         """What besides the recipe's data section shapes processed data (part of the cache key)."""
         return ""
 
-    def prepare_for_training(self, model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> TrainingPlan:
-        """Adapters, freezing and the speed levers: the core's :data:`ftcore.models.plan.TRANSFORMS`."""
+    def prepare_for_training(self, model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], adapter: Any) -> TrainingPlan:
+        """Adapters, freezing and the speed levers: the core's :data:`ftcore.models.plan.TRANSFORMS`.
+        ``adapter`` is the run's adapter kind (:class:`ftcore.models.adapters.AdapterKind`), made
+        with its options; apply it with ``adapter.apply(model, adapter_cfg)``."""
         from .plan import prepare_for_training
 
-        return prepare_for_training(model, model_cfg, adapter_cfg)
+        return prepare_for_training(model, model_cfg, adapter_cfg, adapter)
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A collated batch as the model takes it (e.g. image paths -> ``pixel_values``)."""

@@ -4,9 +4,11 @@ Preparing a model for training applies a fixed sequence of transforms (the table
 ``TRANSFORMS``), each only when the recipe asks for it. Their order matters: the loss head
 goes in before peft wraps the model (so the adapter never targets it); the base is frozen
 before gradient checkpointing is enabled; checkpointed layers are offloaded before peft
-wraps them (so the replay skip finds the base layers); the fused LoRA forward and the replay
-skip need peft's layers; the embeddings move to the CPU after the adapter is attached; and
-``compile`` comes last, over the final modules.
+wraps them (so the replay skip finds the base layers); the adapter kind (a registered
+:class:`~ftcore.models.adapters.AdapterKind`: LoRA, DoRA, a full fine-tune, ...) makes the model
+trainable in the middle; the fused LoRA forward and the replay skip need peft's layers; the
+embeddings move to the CPU after the adapter is attached; and ``compile`` comes last, over the
+final modules.
 
 What the transforms decide for the loop travels in the :class:`TrainingPlan` they return —
 whether batches go flat, which inputs stay in CPU memory, the loss head — so the loop and the
@@ -34,6 +36,8 @@ class TrainingPlan:
     cpu_inputs: tuple[str, ...] = ()
     #: the chunked loss head, when installed (:mod:`ftcore.models.loss_head`)
     loss_head: Any = None
+    #: the adapter kind that made the model trainable (:class:`ftcore.models.adapters.AdapterKind`)
+    adapter: Any = None
     #: the transforms applied, in order (shown in the run's log)
     applied: list[str] = field(default_factory=list)
 
@@ -74,10 +78,10 @@ class TrainingPlan:
 
 @dataclass(frozen=True)
 class Transform:
-    """One step of preparing a model: applied when ``wanted(model_cfg, adapter_cfg)``."""
+    """One step of preparing a model: applied when ``wanted(model_cfg, adapter)`` (the adapter kind)."""
 
     name: str
-    wanted: Callable[[dict[str, Any], dict[str, Any]], bool]
+    wanted: Callable[[dict[str, Any], Any], bool]
     apply: Callable[[Any, dict[str, Any], dict[str, Any], TrainingPlan], Any]
 
 
@@ -118,25 +122,8 @@ def _train_mode(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, An
     return model
 
 
-def _full(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
-    return model.requires_grad_(True)
-
-
-def _lora(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    from .loading import lora_targets
-
-    config = LoraConfig(
-        r=adapter_cfg["r"],
-        lora_alpha=adapter_cfg["alpha"],
-        lora_dropout=adapter_cfg["dropout"],
-        target_modules=lora_targets(model, adapter_cfg["targets"]),
-        modules_to_save=adapter_cfg["modules_to_save"],
-        bias=adapter_cfg["bias"],
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+def _adapter(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
+    return plan.adapter.apply(model, adapter_cfg)
 
 
 def _fused_lora(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
@@ -168,10 +155,6 @@ def _compile(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any],
     return model
 
 
-def _adapter(adapter_cfg: dict[str, Any]) -> bool:
-    return adapter_cfg["kind"] != "full"
-
-
 #: Every transform, in the one order they are applied (see the module docstring for why).
 TRANSFORMS: list[Transform] = [
     Transform("chunked loss head", lambda m, a: bool(m.get("chunked_loss", True)), _loss_head),
@@ -179,20 +162,27 @@ TRANSFORMS: list[Transform] = [
     Transform("gradient checkpointing", lambda m, a: bool(m["gradient_checkpointing"]), _checkpointing),
     Transform("activation offload", lambda m, a: bool(m.get("offload_activations")), _offload_activations),
     Transform("train mode", lambda m, a: True, _train_mode),
-    Transform("full fine-tune", lambda m, a: not _adapter(a), _full),
-    Transform("lora", lambda m, a: _adapter(a), _lora),
-    Transform("fused lora", lambda m, a: _adapter(a) and bool(m.get("fused_lora")), _fused_lora),
+    Transform("adapter", lambda m, a: True, _adapter),
+    Transform("fused lora", lambda m, a: not a.trains_base and bool(m.get("fused_lora")), _fused_lora),
     Transform("replay skip", lambda m, a: bool(m.get("offload_activations")), _replay_skip),
     Transform("embedding offload", lambda m, a: bool(m.get("offload_embeddings")), _offload_embeddings),
     Transform("compile", lambda m, a: bool(m.get("compile")), _compile),
 ]
 
 
-def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> TrainingPlan:
-    """Apply the wanted :data:`TRANSFORMS` in order; the plan says how to feed the result."""
-    plan = TrainingPlan(model)
+def prepare_for_training(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], adapter: Any = None) -> TrainingPlan:
+    """Apply the wanted :data:`TRANSFORMS` in order; the plan says how to feed the result.
+
+    ``adapter`` is the run's adapter kind (made from the registry); without it, the core's kind
+    named by ``adapter_cfg["kind"]`` (for models prepared outside a run).
+    """
+    if adapter is None:
+        from .adapters import builtin_adapter
+
+        adapter = builtin_adapter(adapter_cfg["kind"])
+    plan = TrainingPlan(model, adapter=adapter)
     for transform in TRANSFORMS:
-        if transform.wanted(model_cfg, adapter_cfg):
+        if transform.wanted(model_cfg, adapter):
             model = transform.apply(model, model_cfg, adapter_cfg, plan)
             plan.applied.append(transform.name)
     plan.model = model

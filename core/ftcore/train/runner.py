@@ -67,6 +67,13 @@ def make_strategy(recipe: Any, parts: Any, precision: str) -> Any:
     return parts.strategies.part(section["name"]).build(recipe, precision, **options)
 
 
+def make_adapter(recipe: Any, parts: Any) -> Any:
+    """The recipe's adapter kind (``adapter.kind``), made with its own ``adapter.*`` options."""
+    section = recipe["adapter"]
+    part = parts.adapters.part(section["kind"])
+    return part.build(**{key: section[key] for key in part.options})
+
+
 def make_objective(recipe: Any, parts: Any) -> Any:
     """The recipe's objective (``objective.name``) with its options."""
     section = recipe["objective"]
@@ -120,7 +127,7 @@ class Run:
         self.objective = make_objective(recipe, parts)
         check_data_kind(self.objective, "side" in ctx.data.extras)  # before the weights load
         model = load_base_model(model_cfg, builder, strategy.device, self.precision)
-        self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"])
+        self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"], make_adapter(recipe, parts))
         model = self.plan.model
         trainable, total = count_parameters(model)
         quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
@@ -142,8 +149,8 @@ class Run:
                     where="train.max_steps" if train_cfg["max_steps"] else "train.epochs",
                     hint="train for longer (train.max_steps or train.epochs), or start a new run without --resume",
                 )
-        optimizer = build_optimizer(params, train_cfg)
-        scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps, resumed)
+        optimizer = build_optimizer(params, train_cfg, parts.optimizers.get(train_cfg["optimizer"]))
+        scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps, resumed, parts.schedules.get(train_cfg["schedule"]))
         ctx.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         ctx.plan = self.plan
 
@@ -240,7 +247,7 @@ class Run:
         ctx = self.ctx
         last = ctx.metrics[-1] if ctx.metrics else {}
         first = ctx.metrics[0] if ctx.metrics else {}
-        kind = "full model" if self.recipe["adapter"]["kind"] == "full" else "adapter"
+        kind = "full model" if self.plan.adapter is not None and self.plan.adapter.trains_base else "adapter"
         base = self.recipe["model"]["path"]
         lines = [
             f"[bold green]done[/bold green]: {ctx.step} steps, loss {first.get('loss', float('nan')):.4f} -> {last.get('loss', float('nan')):.4f}",

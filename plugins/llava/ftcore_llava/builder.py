@@ -149,9 +149,9 @@ class LlavaBuilder(ModelBuilder):
         projector.to(device)
         return LlavaModel(llm, vision, projector, self.image_token_id, select_layer=cfg.get("visual_select_layer", -2))
 
-    def prepare_for_training(self, model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> TrainingPlan:
-        """Freeze flags, LoRA/QLoRA on the LLM, LoRA on the vision tower, a trainable projector;
-        batches stay padded rows (images expand each row's ``<image>`` token)."""
+    def prepare_for_training(self, model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], adapter: Any) -> TrainingPlan:
+        """Freeze flags, the run's adapter kind (LoRA, QLoRA, DoRA, ...) on the LLM, LoRA on the vision
+        tower, a trainable projector; batches stay padded rows (images expand each row's ``<image>`` token)."""
         from peft import LoraConfig, get_peft_model
 
         from ftcore.api import finish_plan, lora_targets
@@ -160,7 +160,7 @@ class LlavaBuilder(ModelBuilder):
         llm, vision = model.llm, model.visual_encoder
         quantized = model_cfg["quantization"] != "none"
         checkpointing = model_cfg["gradient_checkpointing"]
-        llm_lora = bool(cfg["llm_lora"]) and adapter_cfg["kind"] in ("lora", "qlora")
+        llm_lora = bool(cfg["llm_lora"]) and not adapter.trains_base
         if quantized and not llm_lora and not cfg["freeze_llm"]:
             raise FtcoreError("a quantized LLM cannot be trained fully", where="model.freeze_llm", hint="set model.freeze_llm=true, or model.quantization=none")
         if model_cfg.get("chunked_loss", True):
@@ -176,11 +176,7 @@ class LlavaBuilder(ModelBuilder):
             if checkpointing:
                 llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if llm_lora:
-            llm = get_peft_model(llm, LoraConfig(
-                r=adapter_cfg["r"], lora_alpha=adapter_cfg["alpha"], lora_dropout=adapter_cfg["dropout"],
-                target_modules=lora_targets(llm, adapter_cfg["targets"]), modules_to_save=adapter_cfg["modules_to_save"],
-                bias=adapter_cfg["bias"], task_type="CAUSAL_LM",
-            ))
+            llm = adapter.apply(llm, adapter_cfg)
         vlora = cfg["visual_encoder_lora"]
         vision.requires_grad_(not cfg["freeze_visual_encoder"] and not vlora)
         if vlora:
@@ -189,7 +185,7 @@ class LlavaBuilder(ModelBuilder):
             vision = get_peft_model(vision, LoraConfig(r=vlora["r"], lora_alpha=vlora["alpha"], lora_dropout=vlora["dropout"], target_modules=lora_targets(vision, vlora["targets"])))
         model.projector.requires_grad_(True)
         model.llm, model.visual_encoder = llm, vision
-        return finish_plan(TrainingPlan(model), flat=False)
+        return finish_plan(TrainingPlan(model, adapter=adapter), flat=False)
 
     # -- batches -----------------------------------------------------------------------
 

@@ -1,0 +1,137 @@
+"""Adapter kinds, optimizers and learning-rate schedules are registries: listed with their owner,
+chosen by name with "did you mean", and a plugin adds one in a few lines."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import yaml
+
+from ftcore import hookimpl
+from ftcore.api import LoRA
+from ftcore.errors import ValidationError
+from ftcore.parts import collect_parts
+from ftcore.plugins import get_plugin_manager
+from ftcore.recipe import load_recipe
+from helpers import run_cli
+
+
+def test_the_core_kinds_are_listed_with_their_owner() -> None:
+    rows = json.loads(run_cli("list", "--json", check=True).stdout)
+    owners = {(r["kind"], r["name"]): r for r in rows}
+    for kind, names in {"adapters": ("lora", "qlora", "dora", "full"), "optimizers": ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"),
+                        "schedules": ("cosine", "linear", "constant")}.items():
+        for name in names:
+            row = owners[(kind, name)]
+            assert row["plugin"].startswith("core (ftcore ") and row["description"], row
+
+
+@pytest.mark.parametrize("override,key,close", [
+    ("adapter.kind=lorra", "adapter.kind", "'lora'"), ("train.optimizer=adamw8bit", "train.optimizer", "'adamw_8bit'"),
+    ("train.schedule=cosin", "train.schedule", "'cosine'"),
+])
+def test_an_unknown_name_is_a_validation_error_with_did_you_mean(override, key, close, tmp_path) -> None:
+    proc = run_cli("run", "--recipe", "quickstart", override, "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2 and key in proc.stderr and f"did you mean {close}" in proc.stderr, proc.stderr
+
+
+class FourBitDoRA(LoRA):
+    """DoRA on a 4-bit base, with a plugin option."""
+
+    quantized_base = True
+
+    def __init__(self, init_gaussian: bool = False) -> None:
+        self.init_gaussian = init_gaussian
+
+    def lora_config(self, model, adapter_cfg):
+        return {**super().lora_config(model, adapter_cfg), "use_dora": True, "init_lora_weights": "gaussian" if self.init_gaussian else True}
+
+
+def half_life(progress: float) -> float:
+    """halves every tenth of the run"""
+    return 0.5 ** (10 * progress)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    mod = types.ModuleType("kinds_plugin")
+
+    @hookimpl
+    def register_adapters(register):
+        register("qdora", FourBitDoRA, "DoRA on a 4-bit base")
+
+    @hookimpl
+    def register_schedules(register):
+        register("half_life", half_life, "halves every tenth of the run")
+
+    mod.register_adapters, mod.register_schedules = register_adapters, register_schedules
+    return collect_parts(get_plugin_manager(extra=[("kinds", mod)]))
+
+
+def _load(tmp_path, parts, **sections):
+    data = {"model": {"builder": "hf", "path": "m"}, "data": {"path": "d.jsonl"}, **sections}
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return load_recipe(str(f), parts)
+
+
+def test_what_an_adapter_kind_implies_comes_from_its_class(tmp_path, parts) -> None:
+    assert _load(tmp_path, parts, adapter={"kind": "qlora"})["model"]["quantization"] == "nf4"
+    recipe = _load(tmp_path, parts, adapter={"kind": "qdora", "init_gaussian": True})
+    assert recipe["model"]["quantization"] == "nf4" and recipe["adapter"]["init_gaussian"] is True
+    assert _load(tmp_path, parts, adapter={"kind": "qdora"}, model={"builder": "hf", "path": "m", "quantization": "int8"})["model"]["quantization"] == "int8"
+    with pytest.raises(ValidationError, match="model.quantization: a quantized base cannot be fully fine-tuned"):
+        _load(tmp_path, parts, adapter={"kind": "full"}, model={"builder": "hf", "path": "m", "quantization": "nf4"})
+    with pytest.raises(ValidationError) as err:
+        _load(tmp_path, parts, adapter={"kind": "lora", "init_gaussian": True})  # another kind's option
+    assert [(p.path, p.message) for p in err.value.problems] == [("adapter.init_gaussian", "unknown key")]
+
+
+def test_a_run_makes_the_registered_kind_with_its_options(tmp_path, parts) -> None:
+    from ftcore.train.runner import make_adapter
+
+    adapter = make_adapter(_load(tmp_path, parts, adapter={"kind": "qdora", "init_gaussian": True}), parts)
+    assert isinstance(adapter, FourBitDoRA) and adapter.init_gaussian
+
+
+def test_dora_trains_on_the_cpu_and_its_magnitudes_learn(tiny_llama) -> None:
+    import torch
+
+    from ftcore.models.adapters import DoRA
+    from helpers import lora_model
+
+    model = lora_model(tiny_llama, dropout=0.0, adapter=DoRA())
+    magnitudes = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_magnitude_vector" in n}
+    assert magnitudes and all(p.requires_grad for n, p in model.named_parameters() if "lora_magnitude_vector" in n)
+    from ftcore.train.objective import loss_sum
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(3, 200, (2, 32), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(32).expand(2, -1)}
+    losses = []
+    for _ in range(8):
+        loss, n = loss_sum(model, batch)
+        (loss / n).backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss / n))
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert any(not torch.equal(p, magnitudes[n]) for n, p in model.named_parameters() if n in magnitudes)
+
+
+def test_a_plugin_schedule_drives_warmup_decay_and_resume(parts) -> None:
+    import torch
+
+    from ftcore.train.optim import build_scheduler
+
+    decay = parts.schedules.get("half_life")
+    cfg = {"warmup_ratio": 0.0, "schedule": "half_life", "min_lr_ratio": 0.0}
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    fn = build_scheduler(torch.optim.SGD(params, lr=1.0), cfg, 100, decay=decay).lr_lambdas[0]
+    assert [fn(s) for s in (0, 10, 20)] == pytest.approx([1.0, 0.5, 0.25])
+    resumed = build_scheduler(torch.optim.SGD(params, lr=1.0), cfg, 200, resumed=(50, 100), decay=decay).lr_lambdas[0]
+    assert resumed(50) == pytest.approx(fn(50)) and resumed(65) == pytest.approx(fn(50) / 2)  # on from where it was, over the new length
+    with pytest.raises(Exception, match="not one of the core's schedules"):
+        build_scheduler(torch.optim.SGD(params, lr=1.0), cfg, 100)  # outside a run, only the core's are found by name
