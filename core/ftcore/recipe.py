@@ -129,8 +129,12 @@ SCHEMA: dict[str, Any] = {
         "on_error": F(str, "raise", "what to do with a bad record", choices=("raise", "skip")),
         "cache": F(bool, True, "cache processed data on disk"),
         "cache_dir": F(str, None, "where processed data is cached (default ~/.cache/ftcore/data)", is_path=True),
+        "eval_path": F(STR_OR_LIST, None, "held-out file(s) for the eval loss, in any supported format", items=NAME, min_len=1, pattern=NAME.pattern, is_path=True),
+        "eval_ratio": F(float, 0.0, "or: this share of the training records, held out for the eval loss (a fixed split)", ge=0, lt=1),
     },
     "train": {
+        "eval_every": F(int, 0, "compute the eval loss every N optimizer steps (0: at the end only)", ge=0),
+        "keep_best": F(str, None, "keep the checkpoint with the lowest eval loss beside the last ones", choices=("eval_loss",)),
         "epochs": F(NUM, 1, "passes over the data (ignored when max_steps is set)", gt=0),
         "max_steps": F(int, None, "optimizer steps to run", ge=1),
         "lr": F(float, 2e-4, "peak learning rate", gt=0),
@@ -446,6 +450,7 @@ class _Checker:
         self.interpolate(data)
         self.check_hooks(data.get("hooks"))
         self.check_consistency(data)
+        self.check_eval(data)
         if self.check_paths and not self.problems:
             self.check_existing_paths(data)
 
@@ -490,6 +495,16 @@ class _Checker:
                 continue
             options = self.options_of("hooks", entry["name"])
             self.check_mapping(entry, {"name": F(str, REQUIRED), **options}, f"{path}.")
+
+    def check_eval(self, data: dict[str, Any]) -> None:
+        """Held-out data comes one way, and what uses it needs it."""
+        dataset, train = data["data"], data["train"]
+        if dataset.get("eval_path") and dataset.get("eval_ratio"):
+            self.problem("data.eval_ratio", "give held-out data as data.eval_path or as data.eval_ratio, not both")
+        evaluates = bool(dataset.get("eval_path") or dataset.get("eval_ratio"))
+        for key in ("eval_every", "keep_best"):
+            if train.get(key) and not evaluates:
+                self.problem(f"train.{key}", "needs held-out data", "set data.eval_path=FILE or data.eval_ratio=0.05")
 
     def check_consistency(self, data: dict[str, Any]) -> None:
         """What the adapter kind implies: a quantized base (nf4 unless the recipe says which), or

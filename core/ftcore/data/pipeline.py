@@ -60,6 +60,27 @@ class DataReport:
         return ", ".join(parts)
 
 
+def split_config(data_cfg: dict[str, Any], split: str) -> dict[str, Any]:
+    """The data section that makes the ``train`` or ``eval`` data: held-out files (``data.eval_path``,
+    read in file order), or a fixed share of the training records (``data.eval_ratio``)."""
+    if split == "eval" and data_cfg.get("eval_path"):
+        return {**data_cfg, "path": data_cfg["eval_path"], "eval_ratio": 0.0, "split": None, "shuffle": False, "max_samples": None}
+    if data_cfg.get("eval_ratio"):
+        return {**data_cfg, "split": split, **({"shuffle": False} if split == "eval" else {})}
+    return data_cfg
+
+
+def take_split(records: Any, data_cfg: dict[str, Any], seed: int) -> Any:
+    """The records of ``data_cfg["split"]`` when ``data.eval_ratio`` holds some out (the same ones every
+    run with the same seed); all of them otherwise."""
+    split, ratio = data_cfg.get("split"), data_cfg.get("eval_ratio") or 0.0
+    if not split or not ratio:
+        return records
+    held = np.zeros(len(records), bool)
+    held[np.random.default_rng([seed, 1]).permutation(len(records))[: max(1, round(len(records) * ratio))]] = True
+    return records.subset(np.flatnonzero(held if split == "eval" else ~held).tolist())
+
+
 def data_paths(data_cfg: dict[str, Any]) -> list[Path]:
     paths = data_cfg["path"] if isinstance(data_cfg["path"], list) else [data_cfg["path"]]
     return [Path(p).expanduser() for p in paths]
@@ -89,7 +110,7 @@ def cache_key(data_cfg: dict[str, Any], tokenizer: Any, template: Any, fmt: str,
         _hash_path(h, path)
     h.update(tokenizer_fingerprint(tokenizer).encode())
     h.update(repr(template).encode())
-    settings = {k: data_cfg[k] for k in ("max_length", "pack", "shuffle", "max_samples", "on_error", "system")}
+    settings = {k: data_cfg.get(k) for k in ("max_length", "pack", "shuffle", "max_samples", "on_error", "system", "eval_ratio", "split")}
     h.update(json.dumps({**settings, "format": fmt, "seed": seed, "extra": extra}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
@@ -277,7 +298,7 @@ def _build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template
     from .load import load_records
 
     report = DataReport()
-    records = load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed)
+    records = take_split(load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed), data_cfg, seed)
     report.records = len(records)
     fmt = data_cfg["format"]
     if fmt == "auto":

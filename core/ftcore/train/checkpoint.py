@@ -14,6 +14,8 @@ from ..errors import FtcoreError
 
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
+#: which checkpoint had the best eval loss so far: ``{"checkpoint": "checkpoint-N", "eval_loss": x}``
+BEST = "best.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -120,10 +122,31 @@ def finish_checkpoint(work_dir: Path, step: int, tmp: Path, state: dict[str, Any
     else:
         os.replace(tmp, final)
     _write_text_atomic(work_dir / LATEST, final.name)
-    if keep > 0:
-        for _, old in list_checkpoints(work_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    prune(work_dir, keep)
     return final
+
+
+def prune(work_dir: Path, keep: int) -> None:
+    """Remove all but the ``keep`` newest complete checkpoints (0 keeps all) and the best one."""
+    if keep > 0:
+        best = (read_best(work_dir) or {}).get("checkpoint")
+        for _, old in list_checkpoints(work_dir)[:-keep]:
+            if old.name != best:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def read_best(work_dir: Path) -> dict[str, Any] | None:
+    """What :func:`mark_best` last wrote, if its checkpoint still exists."""
+    try:
+        best = json.loads((work_dir / BEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return best if is_complete(work_dir / str(best.get("checkpoint"))) else None
+
+
+def mark_best(work_dir: Path, folder: Path, value: float) -> None:
+    """Record ``folder`` (a complete checkpoint) as the best so far, atomically."""
+    _write_text_atomic(work_dir / BEST, json.dumps({"checkpoint": folder.name, "eval_loss": value}))
 
 
 def read_state(folder: Path) -> dict[str, Any]:

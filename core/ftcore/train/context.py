@@ -21,6 +21,8 @@ class RunContext:
     plan: Any = None
     data: Any = None
     data_report: Any = None
+    #: held-out data for the eval loss (``data.eval_path`` / ``data.eval_ratio``), or None
+    eval_data: Any = None
     step: int = 0
     total_steps: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)

@@ -126,6 +126,8 @@ class Trainer:
         self.grad_accum = train["grad_accum"]
         self.save_every = train["save_every"]
         self.log_every = max(1, train["log_every"])
+        self.eval_every, self.keep_best = train.get("eval_every", 0), train.get("keep_best")
+        self.saved_at: int | None = None  # the step of the last checkpoint the loop wrote
         self.row_lengths = ctx.data.row_lengths()
 
     def _autocast(self) -> Any:
@@ -141,20 +143,50 @@ class Trainer:
     def data_batches(self) -> Iterator[dict[str, Any]]:
         """Every row of the training data once, in micro batches on the device, with the model in
         eval mode, gradients off and the run's autocast on (for passes over the data that do not train)."""
+        for batch, _ in self._batches(self.ctx.data, list(range(len(self.ctx.data)))):
+            yield batch
+
+    def _batches(self, data: Any, rows: list[int], count: int | None = None) -> Iterator[tuple[dict[str, Any], bool]]:
+        """``(batch, real)``: ``rows`` of ``data`` in micro batches, as :meth:`data_batches` gives them;
+        ``count`` adds repeated batches (``real`` false) so every process runs as many forwards."""
         import torch
 
         ctx = self.ctx
         model, size = ctx.model, ctx.recipe["train"]["micro_batch"]
+        starts = range(0, len(rows), size)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(ctx.data), size):
-                    batch = to_device(self.collate(list(range(start, min(start + size, len(ctx.data))))), ctx.strategy.device, keep=self.plan.cpu_inputs)
+                for i in range(max(len(starts), count or 0)):
+                    chunk = rows[starts[i] : starts[i] + size] if i < len(starts) else rows[-size:]
+                    batch = to_device(self.collate(chunk, data), ctx.strategy.device, keep=self.plan.cpu_inputs)
                     with self._autocast():
-                        yield batch
+                        yield batch, i < len(starts)
         finally:
             model.train(was_training)
+
+    def evaluate(self) -> dict[str, float]:
+        """The objective's loss and metrics on the held-out data, weighted as in training and
+        summed over every process (each takes its share of the rows): ``eval_loss``, ``eval_...``."""
+        import torch
+
+        ctx, strategy, objective = self.ctx, self.ctx.strategy, self.objective
+        data = ctx.eval_data
+        rows = list(range(strategy.rank, len(data), strategy.world_size))
+        per_rank = -(-len(data) // strategy.world_size)
+        size = ctx.recipe["train"]["micro_batch"]
+        sums: dict[str, Any] = {}
+        total = 0
+        for batch, real in self._batches(data, rows or [0], -(-per_rank // size)):
+            lsum, metrics = objective.loss(self.plan, self.plan.model, batch)  # no DDP wrapper: no gradient sync to do
+            if not real or not rows:
+                continue  # this process had fewer rows: it only took part in the forwards
+            total += objective.weight(batch)
+            for name, value in (("loss", lsum), *metrics.items()):
+                sums[name] = sums.get(name, 0.0) + float(value.detach() if isinstance(value, torch.Tensor) else value)
+        total = strategy.all_reduce_sum(float(total))
+        return {f"eval_{name}": strategy.all_reduce_sum(value) / max(total, 1.0) for name, value in sorted(sums.items())}
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step: the objective's summed loss over the step's micro batches, divided
@@ -188,9 +220,12 @@ class Trainer:
 
     def run(self) -> str:
         """Train to the end; returns ``done``, ``stopped`` (signal) or raises on NaN."""
+        from .checkpoint import mark_best, prune, read_best
+
         ctx = self.ctx
         self.objective.before_train(ctx, self.plan, self.data_batches)
-        progress = _Progress(ctx, self.objective.shown)
+        best = (read_best(ctx.work_dir) or {}).get("eval_loss", math.inf)  # kept across a resume
+        progress = _Progress(ctx, ("eval_loss", *self.objective.shown))
         with StopRequested() as stop, progress:
             timer = time.perf_counter()
             while ctx.step < ctx.total_steps:
@@ -213,12 +248,22 @@ class Trainer:
                     import torch
 
                     metrics["max_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                evaluating = ctx.eval_data is not None and ((self.eval_every and ctx.step % self.eval_every == 0) or ctx.step == ctx.total_steps)
+                if evaluating:
+                    metrics.update(self.evaluate())
                 ctx.metrics.append(metrics)
                 for hook in self.hooks:
                     hook.after_step(ctx, metrics)
                 progress.update(metrics)
-                if (self.save_every and ctx.step % self.save_every == 0 and ctx.step < ctx.total_steps) or stop.signum:
-                    self.save()
+                improved = evaluating and self.keep_best is not None and metrics[self.keep_best] < best
+                if (self.save_every and ctx.step % self.save_every == 0 and ctx.step < ctx.total_steps) or stop.signum or improved:
+                    folder = self.save()
+                    self.saved_at = ctx.step
+                    if improved:
+                        best = metrics[self.keep_best]
+                        if ctx.is_main:
+                            mark_best(ctx.work_dir, folder, best)
+                            prune(ctx.work_dir, ctx.recipe["train"]["save_total_limit"])  # the previous best may go now
                 if stop.signum:
                     return "stopped"
                 timer = time.perf_counter()

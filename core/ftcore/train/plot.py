@@ -37,7 +37,7 @@ def plot_metrics(work_dir: Path, out: Path) -> Path:
     except ImportError:
         raise FtcoreError("plotting needs matplotlib", hint="pip install 'ftcore[plot]'") from None
     steps = [r["step"] for r in rows]
-    panels = [("loss", ["loss"]), ("learning rate", ["lr"])]
+    panels = [("loss", ["loss", "eval_loss"] if any("eval_loss" in r for r in rows) else ["loss"]), ("learning rate", ["lr"])]
     rewards = sorted({k for r in rows for k in r if k.startswith("rewards/") and k != "rewards/accuracy"})
     if rewards:  # a preference objective's rewards, and how often the chosen answer wins
         panels.append(("reward", rewards))

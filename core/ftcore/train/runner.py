@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import FtcoreError
 from ..recipe import with_resolved_paths
-from .checkpoint import begin_checkpoint, finish_checkpoint, read_state, rng_state, set_rng_state
+from .checkpoint import begin_checkpoint, finish_checkpoint, read_best, read_state, rng_state, set_rng_state
 from .context import RunContext
 from .loop import Schedule, Trainer, total_steps
 from .objective import check_data_kind
@@ -96,7 +96,7 @@ class Run:
         self.ctx.print(message)
 
     def build(self) -> None:
-        from ..data.pipeline import prepare_data
+        from ..data.pipeline import prepare_data, split_config
         from ..models.loading import builder_and_tokenizer, count_parameters, load_base_model, resolve_precision
         from .strategy import resolve_device
 
@@ -120,12 +120,19 @@ class Run:
         ctx.tokenizer = tokenizer
         ctx.template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
         ctx.data, ctx.data_report = prepare_data(
-            data_cfg, parts.formats, tokenizer, ctx.template, train_cfg["seed"],
+            split_config(data_cfg, "train"), parts.formats, tokenizer, ctx.template, train_cfg["seed"],
             is_main=ctx.is_main, barrier=strategy.barrier, log=self.log,
             extra_key=builder.data_key(),
         )
         self.objective = make_objective(recipe, parts)
         check_data_kind(self.objective, "side" in ctx.data.extras)  # before the weights load
+        if data_cfg["eval_path"] or data_cfg["eval_ratio"]:
+            ctx.eval_data, report = prepare_data(
+                split_config(data_cfg, "eval"), parts.formats, tokenizer, ctx.template, train_cfg["seed"],
+                is_main=ctx.is_main, barrier=strategy.barrier, log=self.log, extra_key=builder.data_key(),
+            )
+            check_data_kind(self.objective, "side" in ctx.eval_data.extras)
+            self.log(f"eval data: {report.summary()}")
         model = load_base_model(model_cfg, builder, strategy.device, self.precision)
         self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"], make_adapter(recipe, parts))
         model = self.plan.model
@@ -154,10 +161,12 @@ class Run:
         ctx.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         ctx.plan = self.plan
 
-    def collate(self, rows: list[int]) -> dict[str, Any]:
+    def collate(self, rows: list[int], data: Any = None) -> dict[str, Any]:
+        """Micro batch of ``rows`` of the training data (or of ``data``, e.g. the eval data)."""
         from ..data.collate import collate_rows
 
-        batch = collate_rows([self.ctx.data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id, flat=self.plan.flat)
+        data = data if data is not None else self.ctx.data
+        batch = collate_rows([data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id, flat=self.plan.flat)
         return self.builder.prepare_batch(batch)  # e.g. images -> pixel_values
 
     def save(self) -> Path:
@@ -237,7 +246,7 @@ class Run:
         if outcome == "stopped":
             self.log(f"[yellow]stopped at step {ctx.step}/{ctx.total_steps}; checkpoint saved.[/yellow] Resume with:\n  {self.resume_command()}")
             return outcome
-        final = self.save()
+        final = self.save() if trainer.saved_at != ctx.step else self.work_dir / f"checkpoint-{ctx.step}"
         for hook in self.hooks:
             hook.after_train(ctx)
         self.summary(final)
@@ -258,6 +267,9 @@ class Run:
             lines += [f"  ftcore chat {base} --adapter {final}", f"  ftcore merge {base} {final} {self.work_dir / 'merged'}"]
         else:
             lines += [f"  ftcore chat {final}"]
+        best = read_best(self.work_dir)
+        if best:
+            lines.insert(2, f"best eval loss {best['eval_loss']:.4f}: {self.work_dir / best['checkpoint']}")
         lines.append(f"  ftcore plot {self.work_dir}")
         self.log("\n".join(lines))
 
