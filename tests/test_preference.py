@@ -223,3 +223,21 @@ def test_bad_pairs_are_reported_with_file_and_line(tmp_path, tiny_llama) -> None
     assert f"{pairs.name}:2" in proc.stdout and f"{pairs.name}:3" in proc.stdout and "2 record(s) with problems" in proc.stdout
     proc = run_cli("run", "--recipe", str(recipe), "objective.beta=0", "--dry-run")
     assert proc.returncode == 2 and "objective.beta" in proc.stderr and "must be > 0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_dpo_continues_from_an_sft_adapter(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    run_cli("run", "--recipe", "quickstart", "train.max_steps=6", "hooks=[quickstart_assets]", cwd=tmp_path, check=True)
+    sft = tmp_path / "work_dirs" / "quickstart"
+    args = ("run", "--recipe", "quickstart_dpo", f"model.path={sft / 'tiny-internlm2-chat'}", "train.max_steps=2", "hooks=[preference_pairs]")
+    run_cli(*args, "--work-dir", str(tmp_path / "fresh"), cwd=tmp_path, check=True)
+    run_cli(*args, f"model.adapter={sft / 'checkpoint-6'}", "--work-dir", str(tmp_path / "continued"), "train.lr=1e-12", cwd=tmp_path, check=True)
+    fresh = json.loads((tmp_path / "fresh" / "reference_logps.json").read_text())["logps"]
+    continued = json.loads((tmp_path / "continued" / "reference_logps.json").read_text())["logps"]
+    assert fresh["0"] != pytest.approx(continued["0"])  # the reference is the SFT model, not the base
+    start, end = load_file(str(sft / "checkpoint-6" / "adapter_model.safetensors")), load_file(str(tmp_path / "continued" / "checkpoint-2" / "adapter_model.safetensors"))
+    assert start.keys() == end.keys() and all((start[k] - end[k]).abs().max() < 1e-6 for k in start)  # lr ~0: still the SFT adapter
+    proc = run_cli(*args, f"model.adapter={tmp_path}", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2 and "model.adapter" in proc.stderr and "not an adapter checkpoint" in proc.stderr

@@ -104,6 +104,7 @@ SCHEMA: dict[str, Any] = {
         "offload_embeddings": F(bool, False, "keep the frozen input embeddings in CPU memory (adapters; 0.7 GiB less GPU memory on a 7B model)"),
         "attn_implementation": F(str, "auto", "attention kernel: auto (ftcore_varlen: packed samples attend only to themselves), sdpa, eager, flex_attention, ..."),
         "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path", is_path=True),
+        "adapter": F(str, None, "a trained adapter to continue from (a LoRA checkpoint folder, e.g. the SFT run's before DPO)", is_path=True),
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
         "fused_lora": F(bool, False, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile)"),
         "compile": F(bool, False, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile)"),
@@ -472,6 +473,9 @@ class _Checker:
                 f"{model_path!r} is not a model folder (no config.json there)",
                 "download the base model to that folder (e.g. with `huggingface-cli download` or `modelscope download`) or set model.path=FOLDER",
             )
+        start = data["model"].get("adapter")
+        if start and not (Path(start).expanduser() / "adapter_config.json").is_file():
+            self.problem("model.adapter", f"{start!r} is not an adapter checkpoint (no adapter_config.json there)", "give a checkpoint folder of a LoRA/QLoRA run (work_dir/checkpoint-N)")
         if "data.path" not in created:
             paths = data["data"]["path"] if isinstance(data["data"]["path"], list) else [data["data"]["path"]]
             for p in paths:

@@ -123,7 +123,15 @@ def _train_mode(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, An
 
 
 def _adapter(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
-    return plan.adapter.apply(model, adapter_cfg)
+    start = model_cfg.get("adapter")
+    if not start:
+        return plan.adapter.apply(model, adapter_cfg)
+    if plan.adapter.trains_base:  # continue training a trained adapter (e.g. SFT, then DPO)
+        raise FtcoreError("model.adapter continues a trained adapter, but adapter.kind trains the whole model", where="model.adapter",
+                          hint="use adapter.kind: lora or qlora (the adapter's own rank and targets apply), or drop model.adapter")
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(start), is_trainable=True)
 
 
 def _fused_lora(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
