@@ -122,3 +122,16 @@ def test_deepspeed_config_is_derived_from_the_recipe_and_overridable(tmp_path) -
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"gradient_clipping": 2.0}))
     assert deepspeed_config(recipe, 3, False, "fp32", str(path))["gradient_clipping"] == 2.0
+
+
+def test_dpo_with_an_eval_loss_on_two_processes_matches_one(tmp_path) -> None:
+    """Pairs, the DPO reference pass and the eval loss (each process its share, summed) under DDP."""
+    args = ("run", "--recipe", "quickstart_dpo", "train.max_steps=4", "data.eval_ratio=0.1", "train.eval_every=2", "adapter.dropout=0.0",
+            "hooks=[preference_pairs, quickstart_assets, metrics_log]")
+    run_cli(*args, "train.micro_batch=2", "--work-dir", str(tmp_path / "one"), cwd=tmp_path, check=True)
+    run_cli(*args, "train.micro_batch=1", "--work-dir", str(tmp_path / "two"), "--nproc-per-node", "2", cwd=tmp_path, check=True)
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert_same_curve(two, one)
+    for a, b in zip(one, two):
+        for key in ("eval_loss", "eval_rewards/accuracy", "rewards/margin"):
+            assert (key in a) == (key in b) and (key not in a or a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4)), key
