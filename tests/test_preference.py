@@ -241,3 +241,75 @@ def test_dpo_continues_from_an_sft_adapter(tmp_path) -> None:
     assert start.keys() == end.keys() and all((start[k] - end[k]).abs().max() < 1e-6 for k in start)  # lr ~0: still the SFT adapter
     proc = run_cli(*args, f"model.adapter={tmp_path}", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 2 and "model.adapter" in proc.stderr and "not an adapter checkpoint" in proc.stderr
+
+
+def test_reward_loss_and_gradients_equal_bradley_terry_on_plain_forwards(tiny_llama) -> None:
+    """Packed pairs through ftcore's reward objective against each answer alone through plain
+    transformers' sequence-classification pooling (the score at the last token)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ftcore.api import encode_batch, expand_pairs
+    from ftcore.data.collate import collate_rows
+    from ftcore.models.plan import TrainingPlan, finish_plan
+    from ftcore.parts import collect_parts
+    from ftcore.plugins import get_plugin_manager
+    from ftcore_preference.objectives import Reward
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_llama), num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id or 0
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS"))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # every adapter path live
+            torch.nn.init.normal_(p, std=0.2, generator=torch.Generator().manual_seed(len(n)))
+    data = packed_pairs(tokenizer)
+    batch = collate_rows([data.row(i) for i in range(len(data))], tokenizer.pad_token_id or 0)
+    loss, metrics = Reward().loss(finish_plan(TrainingPlan(model), flat=False), model, batch)
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    parts = collect_parts(get_plugin_manager())
+    expected = 0
+    for record in PAIRS:
+        ids, _ = encode_batch(expand_pairs([parts.formats.get("preference").convert(record)]), tokenizer, parts.templates.get("vicuna"), 64).as_lists()
+        chosen, rejected = (model(input_ids=torch.tensor([x])).logits[0, 0].double() for x in ids)
+        expected = expected - torch.nn.functional.logsigmoid(chosen - rejected)
+    expected.backward()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert float((got[n] - p.grad).norm() / p.grad.norm()) < 1e-5, n
+
+
+@pytest.mark.slow
+def test_quickstart_reward_scores_held_out_answers_and_loads_in_plain_transformers(tmp_path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    proc = run_cli("run", "--recipe", "quickstart_reward", cwd=tmp_path, check=True)
+    wd = tmp_path / "work_dirs" / "quickstart_reward"
+    ckpt = wd / "checkpoint-30"
+    assert f"ftcore score {ckpt.relative_to(tmp_path)}" in proc.stdout or "ftcore score" in proc.stdout
+    assert json.loads((ckpt / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    good, bad = "Happy to help! Owls are a lovely topic, and I will gladly explain them.", "No. I will not talk about owls, ask someone else."
+    scored = run_cli("score", str(ckpt), "--prompt", "Tell me about owls.", "--answer", bad, "--answer", good, cwd=tmp_path, check=True)
+    lines = [line for line in scored.stdout.splitlines() if line.strip()]
+    assert lines[0].endswith(good.strip()) or good in lines[0]  # best first: the held-out helpful answer
+    ftcore_score = float(lines[0].split()[0])
+    # the checkpoint in plain transformers: the converted base as Llama, the adapter with its score head
+    from ftcore_internlm2.builder import llama_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    model = AutoModelForSequenceClassification.from_pretrained(str(llama_folder(str(wd / "tiny-internlm2-chat"))), num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(model, str(ckpt)).eval()
+    text = f"<s><|im_start|>user\nTell me about owls.<|im_end|>\n<|im_start|>assistant\n{good}<|im_end|>\n"
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        plain = float(model(input_ids=ids).logits[0, 0])
+    assert plain == pytest.approx(ftcore_score, abs=1e-3)

@@ -47,7 +47,8 @@ class LoRA(AdapterKind):
             "target_modules": lora_targets(model, adapter_cfg["targets"]),
             "modules_to_save": adapter_cfg["modules_to_save"],
             "bias": adapter_cfg["bias"],
-            "task_type": "CAUSAL_LM",
+            # a reward model's score head is saved with the adapter (peft's SEQ_CLS modules_to_save)
+            "task_type": "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM",
         }
 
     def apply(self, model: Any, adapter_cfg: dict[str, Any]) -> Any:

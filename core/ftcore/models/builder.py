@@ -14,7 +14,9 @@ class ModelBuilder:
     ``load_tokenizer`` and ``load_model`` are required. ``load_model`` receives ordinary
     ``from_pretrained`` keyword arguments prepared by the core (``dtype``,
     ``quantization_config``, ``attn_implementation``, ``device_map``, ``trust_remote_code``)
-    and returns a transformers ``PreTrainedModel``. Every other method has a default that
+    and returns a transformers ``PreTrainedModel``; when an objective needs another head
+    (a reward model: ``head="sequence_classification"``, one score, see ``ftcore.api.HEADS``)
+    it receives ``head`` too. Every other method has a default that
     suits a plain causal LM.
     """
 

@@ -20,6 +20,13 @@ def check_model_dir(path: str) -> Path:
     return p
 
 
+#: ``head`` of :meth:`ModelBuilder.load_model` -> (transformers class suffix, extra from_pretrained arguments)
+HEADS: dict[str, tuple[str, dict[str, Any]]] = {
+    "causal_lm": ("CausalLM", {}),
+    "sequence_classification": ("SequenceClassification", {"num_labels": 1}),  # a reward model's one score
+}
+
+
 def has_tokenizer(folder: str | Path) -> bool:
     """Whether ``folder`` holds tokenizer files (a training checkpoint does; ftcore's conversion cache does not)."""
     p = Path(folder).expanduser()
@@ -75,13 +82,14 @@ class HFBuilder(ModelBuilder):
                 hint="the folder needs the model's tokenizer files (tokenizer.json, or tokenizer.model / vocab files with tokenizer_config.json); set model.tokenizer_path if they live elsewhere",
             ) from None
 
-    def load_model(self, path: str, **kwargs: Any) -> Any:
-        from transformers import AutoModelForCausalLM
+    def load_model(self, path: str, head: str = "causal_lm", **kwargs: Any) -> Any:
+        import transformers
 
         check_model_dir(path)
         check_remote_code(path, bool(kwargs.get("trust_remote_code")))
+        auto, extra = HEADS[head]
         try:
-            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            return getattr(transformers, f"AutoModelFor{auto}").from_pretrained(path, **extra, **kwargs)
         except ValueError as exc:
             if "trust_remote_code" in str(exc):
                 raise _refuse_remote_code(exc, path) from None

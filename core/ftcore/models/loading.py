@@ -57,8 +57,9 @@ def quantization_config(kind: str, double_quant: bool, compute_dtype: Any) -> An
     )
 
 
-def load_base_model(model_cfg: dict[str, Any], builder: Any, device: Any, precision: str, device_map: Any = None) -> Any:
-    """The base model in the training dtype (quantized if asked), on ``device``."""
+def load_base_model(model_cfg: dict[str, Any], builder: Any, device: Any, precision: str, device_map: Any = None, head: str = "causal_lm") -> Any:
+    """The base model in the training dtype (quantized if asked), on ``device``; ``head``: the model
+    class's head as the objective needs it (``causal_lm``, or ``sequence_classification`` for a reward model)."""
     import torch
 
     dtype = getattr(torch, DTYPES[precision])
@@ -75,6 +76,8 @@ def load_base_model(model_cfg: dict[str, Any], builder: Any, device: Any, precis
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = device_map or ({"": device.index or 0} if device.type == "cuda" else {"": "cpu"})
+    if head != "causal_lm":  # a builder's load_model takes `head` when it can build that head
+        kwargs["head"] = head
     model = builder.load_model(model_cfg["path"], **kwargs)
     if quant is None:
         model.to(device)

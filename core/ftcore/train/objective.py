@@ -28,11 +28,17 @@ class Objective:
     pairs = False
     #: metrics shown in the progress line beside the loss
     shown: tuple[str, ...] = ()
+    #: the model's head (``ftcore.api.HEADS``): ``causal_lm``, or ``sequence_classification`` (a reward model)
+    head = "causal_lm"
 
     def before_train(self, ctx: Any, plan: TrainingPlan, batches: Callable[[], Iterator[dict[str, Any]]]) -> None:
         """Once before the first step (also when resuming): e.g. reference log-probs of every sample.
         ``batches()`` goes once over the whole training data, each batch ready on the device, with
         the model in eval mode, gradients off and the run's autocast on."""
+
+    def next_steps(self, base: str, checkpoint: Any) -> list[str] | None:
+        """The commands the run's summary suggests after training (None: chat with it, merge it)."""
+        return None
 
     def weight(self, batch: dict[str, Any]) -> int:
         """How much ``batch`` counts in the step's average (its labels are still in CPU memory)."""

@@ -133,7 +133,9 @@ class Run:
             )
             check_data_kind(self.objective, "side" in ctx.eval_data.extras)
             self.log(f"eval data: {report.summary()}")
-        model = load_base_model(model_cfg, builder, strategy.device, self.precision)
+        model = load_base_model(model_cfg, builder, strategy.device, self.precision, head=self.objective.head)
+        if model.config.pad_token_id is None:  # a classification head finds each row's last token by it
+            model.config.pad_token_id = tokenizer.pad_token_id
         self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"], make_adapter(recipe, parts))
         model = self.plan.model
         trainable, total = count_parameters(model)
@@ -263,7 +265,10 @@ class Run:
             f"{kind}: {final}",
             "next:",
         ]
-        if kind == "adapter":
+        own = self.objective.next_steps(base, final)
+        if own is not None:
+            lines += [f"  {line}" for line in own]
+        elif kind == "adapter":
             lines += [f"  ftcore chat {base} --adapter {final}", f"  ftcore merge {base} {final} {self.work_dir / 'merged'}"]
         else:
             lines += [f"  ftcore chat {final}"]

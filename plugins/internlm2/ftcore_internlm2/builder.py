@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from ftcore.api import FtcoreError, ModelBuilder
+from ftcore.api import HEADS, FtcoreError, ModelBuilder
 
 from .convert import (
     internlm2_config_to_llama,
@@ -174,16 +174,18 @@ class InternLM2Builder(ModelBuilder):
         """The tokenizer of ``path`` (tokenizer.json, else tokenizer.model); remote code is never run."""
         return load_internlm2_tokenizer(path)
 
-    def load_model(self, path: str, **kwargs: Any) -> Any:
-        """``LlamaForCausalLM.from_pretrained`` on ``path`` or its cached Llama conversion.
+    def load_model(self, path: str, head: str = "causal_lm", **kwargs: Any) -> Any:
+        """``LlamaForCausalLM.from_pretrained`` (or ``LlamaForSequenceClassification`` for
+        ``head="sequence_classification"``) on ``path`` or its cached Llama conversion.
 
         ``kwargs`` are ordinary ``from_pretrained`` arguments; ``trust_remote_code`` is
         dropped since no remote code is needed.
         """
-        from transformers import LlamaForCausalLM
+        import transformers
 
         kwargs.pop("trust_remote_code", None)
-        return LlamaForCausalLM.from_pretrained(str(llama_folder(path)), **kwargs)
+        suffix, extra = HEADS[head]
+        return getattr(transformers, f"LlamaFor{suffix}").from_pretrained(str(llama_folder(path)), **extra, **kwargs)
 
     def save(self, model: Any, out_dir: Path, max_shard_size: str = "2GB", layout: str = "native") -> None:
         """Write ``model`` to ``out_dir``: ``native`` = InternLM2 layout (config, safetensors shards, index), ``llama`` = ``save_pretrained``."""

@@ -18,6 +18,7 @@ def register_objectives(register) -> None:
     register("dpo", "ftcore_preference.objectives:DPO", "direct preference optimisation (sigmoid or IPO loss) against the starting model")
     register("orpo", "ftcore_preference.objectives:ORPO", "odds-ratio preference optimisation: SFT on chosen answers plus an odds-ratio term; no reference")
     register("simpo", "ftcore_preference.objectives:SimPO", "simple preference optimisation: length-normalised rewards with a target margin; no reference")
+    register("reward", "ftcore_preference.objectives:Reward", "a reward model: one score per answer (sequence-classification head), chosen above rejected (Bradley-Terry)")
 
 
 @hookimpl
@@ -32,3 +33,10 @@ def register_recipes(register) -> None:
 
     for path in yaml_files("ftcore_preference.recipes"):
         register(path.stem, str(path))
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    from .score import score_cmd
+
+    cli.add_command(score_cmd)

@@ -1,4 +1,4 @@
-"""The preference objectives (dpo, orpo, simpo): per-answer log-probs from packed pairs, then their losses."""
+"""The preference objectives: dpo, orpo, simpo (per-answer log-probs from packed pairs) and reward (a score per answer)."""
 
 from __future__ import annotations
 
@@ -150,6 +150,59 @@ class SimPO(PairObjective):
 
         return simpo_loss(chosen, rejected, chosen_len, rejected_len, beta=self.beta, gamma=self.gamma,
                           label_smoothing=self.label_smoothing, sft_weight=self.sft_weight)
+
+
+class Reward(PairObjective):
+    """A reward model: one score per answer (a sequence-classification head on its last token),
+    trained so the chosen answer scores higher (Bradley-Terry). The checkpoint is a PEFT adapter
+    with the score head; it loads in plain transformers as a sequence-classification model."""
+
+    name = "reward"
+    head = "sequence_classification"
+
+    def __init__(self, center: Annotated[float, Option("pull the scores' mean towards 0 by this weight (TRL's center_rewards_coefficient)", ge=0)] = 0.0) -> None:
+        super().__init__()
+        self.center = center
+
+    def next_steps(self, base: str, checkpoint: Any) -> list[str]:
+        return [f'ftcore score {checkpoint} --prompt "..." --answer "..." --answer "..."']
+
+    def loss(self, plan: TrainingPlan, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        from .losses import reward_loss
+
+        scores = answer_scores(plan, model, batch)
+        chosen, rejected = split_pairs(scores, batch["samples"]["side"])
+        loss, metrics = reward_loss(chosen, rejected, center_rewards_coefficient=self.center)
+        n = len(chosen)
+        return loss * n, {name: value * n for name, value in metrics.items()}
+
+
+def answer_scores(plan: TrainingPlan, model: Any, batch: dict[str, Any]) -> Any:
+    """The score head's output at the last token of every answer in ``batch`` (one per sample, in
+    batch order), from one forward over the packed rows (the head's per-token output is taken as it
+    is computed; the model's own pooling, which assumes one sample per row, is not used)."""
+    import torch
+
+    index = batch["samples"]["index"].reshape(-1)
+    n = len(batch["samples"]["side"])
+    positions = torch.arange(index.numel())
+    last = torch.full((n,), -1, dtype=torch.long).scatter_reduce(0, index.clamp(min=0), torch.where(index >= 0, positions, -1), "amax")
+    captured: list[Any] = []
+    hook = score_module(plan.model).register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        model(**plan.inputs(batch), use_cache=False)
+    finally:
+        hook.remove()
+    return captured[-1].reshape(-1).index_select(0, last.to(captured[-1].device, non_blocking=True)).float()
+
+
+def score_module(model: Any) -> Any:
+    """The sequence-classification head (``score``) inside peft's and the strategy's wrappers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    score = getattr(base, "score", None)
+    if score is None:
+        raise FtcoreError(f"{type(base).__name__} has no score head", hint="the reward objective needs a builder that can load a sequence-classification model")
+    return score
 
 
 def _data_key(data: Any) -> str:
