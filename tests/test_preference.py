@@ -313,3 +313,29 @@ def test_quickstart_reward_scores_held_out_answers_and_loads_in_plain_transforme
     with torch.no_grad():
         plain = float(model(input_ids=ids).logits[0, 0])
     assert plain == pytest.approx(ftcore_score, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_killed_dpo_run_loses_nothing(tmp_path) -> None:
+    """SIGKILL mid-run: the resumed run goes on from the last complete checkpoint with the reference
+    log-probs kept in the work dir (not recomputed) and ends with every step logged once."""
+    import yaml
+
+    from test_train import _start, _wait_for
+
+    recipe = tmp_path / "dpo.yaml"
+    data = yaml.safe_load(run_cli("show", "quickstart_dpo", check=True).stdout)
+    data.update(work_dir=str(tmp_path / "wd"), hooks=[{"name": "preference_pairs"}, {"name": "quickstart_assets"}, {"name": "metrics_log"}])
+    data["train"].update(max_steps=30, save_every=2, save_total_limit=0)
+    data["model"]["path"], data["data"]["path"] = str(tmp_path / "wd" / "model"), str(tmp_path / "wd" / "pairs.jsonl")
+    recipe.write_text(yaml.safe_dump(data))
+    wd = tmp_path / "wd"
+    proc = _start(recipe)
+    _wait_for(lambda: (wd / "checkpoint-4" / "trainer_state.json").is_file(), proc, timeout=300)
+    proc.kill()
+    proc.wait()
+    reference = (wd / "reference_logps.json").read_text()
+    done = run_cli("run", "--recipe", str(recipe), "--resume", check=True)
+    assert "computing the reference" not in done.stdout and (wd / "reference_logps.json").read_text() == reference
+    steps = [json.loads(line)["step"] for line in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 31))

@@ -13,14 +13,23 @@ from ftcore.errors import ValidationError
 from ftcore.parts import collect_parts
 from ftcore.plugins import get_plugin_manager
 from ftcore.recipe import PART_OPTIONS, SCHEMA, Field, load_recipe
-from helpers import cli_env, run_cli
+from helpers import FIXTURE_PLUGINS, cli_env, run_cli
 
 BASE = {"model": {"builder": "hf", "path": "m"}, "data": {"path": "d.jsonl", "template": "default"}}
 
 
 @pytest.fixture(scope="module")
 def parts():
-    return collect_parts(get_plugin_manager())
+    """Every installed plugin's parts, and the example plugin's (a part of every kind, with options)."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURE_PLUGINS / "ftcore_example"))
+    try:
+        import ftcore_example
+
+        yield collect_parts(get_plugin_manager(extra=[("example", ftcore_example)]))
+    finally:
+        sys.path.remove(str(FIXTURE_PLUGINS / "ftcore_example"))
 
 
 def numeric(spec: Field) -> bool:
@@ -122,6 +131,8 @@ def test_every_bad_value_of_every_key_is_reported_with_its_key(parts, tmp_path) 
                 misses.append(f"{case}={value!r}: {[str(p) for p in problems]}")
     assert not misses, "\n".join(misses)
     assert checked > 60  # the walk really covered the schema
+    covered = {case.split(":")[0] for case, *_ in schema_cases(parts)} | {case.split(".")[0] for case, *_ in schema_cases(parts)}
+    assert {"example_hf", "example_rslora", "example_single", "example_focal", "hook example_progress"} <= covered  # every part kind's options
 
 
 def test_all_bad_values_are_reported_at_once(parts, tmp_path) -> None:
