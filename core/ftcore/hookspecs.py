@@ -47,10 +47,10 @@ def register_prompt_templates(register: Register) -> None:
 def register_model_builders(register: Register) -> None:
     """Register model builders (how a recipe's ``model`` section becomes a model).
 
-    :param register: ``register(name, target, description="", options=None)`` where
-        ``target`` is a builder object or a lazy ``"module:attribute"`` reference (so
-        listing parts never imports torch), and ``options`` maps extra ``model.*``
-        recipe keys this builder accepts to ``ftcore.recipe.Field`` specs.
+    :param register: ``register(name, target, description="")`` where ``target`` is an
+        instance of a ``ftcore.api.ModelBuilder`` subclass or a lazy ``"module:attribute"``
+        reference (so listing parts never imports torch). The extra ``model.*`` keys it takes
+        are the typed keyword arguments of its ``configure(model_cfg, parts, *, ...)``.
     """
 
 
@@ -70,8 +70,9 @@ def register_adapters(register: Register) -> None:
 def register_strategies(register: Register) -> None:
     """Register training strategies (single device, DDP, DeepSpeed ZeRO, ...).
 
-    :param register: ``register(name, target, description="", options=None)``;
-        ``target`` is a strategy class or a lazy ``"module:attribute"`` reference.
+    :param register: ``register(name, target, description="")``; ``target`` is a subclass of
+        ``ftcore.api.Strategy`` or a lazy ``"module:attribute"`` reference. The ``strategy.*``
+        keys it takes are its constructor's typed keyword arguments after ``(recipe, precision)``.
     """
 
 
@@ -79,9 +80,9 @@ def register_strategies(register: Register) -> None:
 def register_training_hooks(register: Register) -> None:
     """Register training hooks that recipes choose by name in ``hooks:``.
 
-    :param register: ``register(name, target, description="", options=None)``;
-        ``target`` is a hook class or a lazy ``"module:attribute"`` reference, and
-        ``options`` describes the keyword arguments a recipe may pass.
+    :param register: ``register(name, target, description="")``; ``target`` is a subclass
+        of ``ftcore.api.TrainingHook`` or a lazy ``"module:attribute"`` reference. The options
+        a recipe entry may pass are its constructor's typed keyword arguments.
     """
 
 
@@ -89,10 +90,10 @@ def register_training_hooks(register: Register) -> None:
 def register_objectives(register: Register) -> None:
     """Register training objectives that recipes choose with ``objective.name``.
 
-    :param register: ``register(name, target, description="", options=None)``;
-        ``target`` is a subclass of ``ftcore.train.objective.Objective`` or a lazy
-        ``"module:attribute"`` reference, and ``options`` maps the ``objective.*`` keys it
-        takes (its constructor's keyword arguments) to ``ftcore.recipe.Field`` specs.
+    :param register: ``register(name, target, description="")``; ``target`` is a subclass
+        of ``ftcore.api.Objective`` or a lazy ``"module:attribute"`` reference. The
+        ``objective.*`` keys it takes are its constructor's typed keyword arguments
+        (``Annotated[type, ftcore.api.Option(...)]``, see :mod:`ftcore.options`).
     """
 
 
