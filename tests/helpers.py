@@ -75,3 +75,37 @@ def adapter_step(model) -> tuple[float, dict]:
     loss, _ = loss_sum(model, batch)
     loss.backward()
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def parts_with(plugin: str, **hooks):
+    """Every installed plugin's parts, plus a plugin called ``plugin`` that registers, for each hook
+    named, its ``(name, target, description)`` entries: ``parts_with("p", register_objectives=[("x", X, "an x")])``."""
+    import types
+
+    from ftcore import hookimpl
+    from ftcore.parts import collect_parts
+    from ftcore.plugins import get_plugin_manager
+
+    def registering(entries):
+        def impl(register):
+            for entry in entries:
+                register(*entry)
+
+        return hookimpl(impl)
+
+    module = types.ModuleType(f"{plugin}_plugin")
+    for hook, entries in hooks.items():
+        setattr(module, hook, registering(entries))
+    return collect_parts(get_plugin_manager(extra=[(plugin, module)]))
+
+
+def load_sections(tmp_path: Path, parts, **sections):
+    """A recipe of an hf model and a data file with ``sections`` on top, written to ``tmp_path`` and loaded."""
+    import yaml
+
+    from ftcore.recipe import load_recipe
+
+    data = {"model": {"builder": "hf", "path": "m"}, "data": {"path": "d.jsonl"}, **sections}
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return load_recipe(str(f), parts)

@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from ftcore import hookspecs
 from helpers import FIXTURE_PLUGINS, ROOT, cli_env, run_cli
 

@@ -4,19 +4,15 @@ values to the same signature."""
 
 from __future__ import annotations
 
-import types
 from typing import Annotated, Literal
 
 import pytest
-import yaml
 
-from ftcore import hookimpl
 from ftcore.api import Objective, Option, TrainingHook
 from ftcore.errors import FtcoreError, ValidationError
 from ftcore.options import construct, signature_options
-from ftcore.parts import collect_parts
-from ftcore.plugins import get_plugin_manager
-from ftcore.recipe import REQUIRED, load_recipe
+from ftcore.recipe import REQUIRED
+from helpers import load_sections, parts_with
 
 
 class Scaled(Objective):
@@ -97,32 +93,15 @@ def test_construct_binds_to_the_signature_and_names_the_part() -> None:
 
 @pytest.fixture(scope="module")
 def parts():
-    mod = types.ModuleType("scaled_plugin")
-
-    @hookimpl
-    def register_objectives(register):
-        register("scaled", Scaled, "an objective with typed options")
-
-    @hookimpl
-    def register_training_hooks(register):
-        register("needs_path", NeedsPath, "a hook with a required option")
-
-    mod.register_objectives, mod.register_training_hooks = register_objectives, register_training_hooks
-    return collect_parts(get_plugin_manager(extra=[("scaled", mod)]))
-
-
-def _load(tmp_path, parts, **sections):
-    data = {"model": {"builder": "hf", "path": "m"}, "data": {"path": "d.jsonl"}, **sections}
-    f = tmp_path / "r.yaml"
-    f.write_text(yaml.safe_dump(data))
-    return load_recipe(str(f), parts)
+    return parts_with("scaled", register_objectives=[("scaled", Scaled, "an objective with typed options")],
+                      register_training_hooks=[("needs_path", NeedsPath, "a hook with a required option")])
 
 
 def test_a_recipe_s_objective_options_are_checked_all_at_once(tmp_path, parts) -> None:
-    recipe = _load(tmp_path, parts, objective={"name": "scaled", "beta": 1})
+    recipe = load_sections(tmp_path, parts, objective={"name": "scaled", "beta": 1})
     assert recipe["objective"] == {"name": "scaled", "beta": 1.0, "steps": 2, "mode": "mean", "tags": [], "label": None, "extra": None, "on": True}
     with pytest.raises(ValidationError) as err:
-        _load(tmp_path, parts, objective={"name": "scaled", "beta": 0, "steps": 9, "mode": "max", "tags": ["ok", "Bad"], "on": "yes", "gama": 1},
+        load_sections(tmp_path, parts, objective={"name": "scaled", "beta": 0, "steps": 9, "mode": "max", "tags": ["ok", "Bad"], "on": "yes", "gama": 1},
               hooks=[{"name": "needs_path"}])
     problems = {p.path: p.message for p in err.value.problems}
     assert problems["objective.beta"] == "must be > 0, got 0.0"
@@ -136,7 +115,7 @@ def test_a_recipe_s_objective_options_are_checked_all_at_once(tmp_path, parts) -
 def test_the_run_makes_the_part_with_the_checked_options(tmp_path, parts) -> None:
     from ftcore.train.runner import make_hooks, make_objective
 
-    recipe = _load(tmp_path, parts, objective={"name": "scaled", "tags": ["a"]}, hooks=[{"name": "needs_path", "path": "x.txt"}, "throughput"])
+    recipe = load_sections(tmp_path, parts, objective={"name": "scaled", "tags": ["a"]}, hooks=[{"name": "needs_path", "path": "x.txt"}, "throughput"])
     objective = make_objective(recipe, parts)
     assert isinstance(objective, Scaled) and objective.tags == ["a"] and objective.beta == 0.1
     hook, throughput = make_hooks(recipe, parts)
@@ -144,11 +123,11 @@ def test_the_run_makes_the_part_with_the_checked_options(tmp_path, parts) -> Non
 
 
 def test_strategy_config_is_the_zero_strategies_option_and_old_recipes_still_load(tmp_path, parts) -> None:
-    recipe = _load(tmp_path, parts, strategy={"name": "zero2", "config": {"zero_optimization": {"reduce_bucket_size": 1}}})
+    recipe = load_sections(tmp_path, parts, strategy={"name": "zero2", "config": {"zero_optimization": {"reduce_bucket_size": 1}}})
     assert recipe["strategy"]["config"] == {"zero_optimization": {"reduce_bucket_size": 1}}
-    assert _load(tmp_path, parts, strategy={"name": "single", "config": None})["strategy"] == {"name": "single"}  # as older versions saved it
+    assert load_sections(tmp_path, parts, strategy={"name": "single", "config": None})["strategy"] == {"name": "single"}  # as older versions saved it
     with pytest.raises(ValidationError) as err:
-        _load(tmp_path, parts, strategy={"name": "single", "config": {"a": 1}})
+        load_sections(tmp_path, parts, strategy={"name": "single", "config": {"a": 1}})
     assert [(p.path, p.message) for p in err.value.problems] == [("strategy.config", "unknown key")]
     with pytest.raises(ValidationError, match="strategy.config: must be a mapping or a string"):
-        _load(tmp_path, parts, strategy={"name": "zero3", "config": 5})
+        load_sections(tmp_path, parts, strategy={"name": "zero3", "config": 5})

@@ -4,18 +4,12 @@ chosen by name with "did you mean", and a plugin adds one in a few lines."""
 from __future__ import annotations
 
 import json
-import types
 
 import pytest
-import yaml
 
-from ftcore import hookimpl
 from ftcore.api import LoRA
 from ftcore.errors import ValidationError
-from ftcore.parts import collect_parts
-from ftcore.plugins import get_plugin_manager
-from ftcore.recipe import load_recipe
-from helpers import run_cli
+from helpers import load_sections, parts_with, run_cli
 
 
 def test_the_core_kinds_are_listed_with_their_owner() -> None:
@@ -56,43 +50,26 @@ def half_life(progress: float) -> float:
 
 @pytest.fixture(scope="module")
 def parts():
-    mod = types.ModuleType("kinds_plugin")
-
-    @hookimpl
-    def register_adapters(register):
-        register("qdora", FourBitDoRA, "DoRA on a 4-bit base")
-
-    @hookimpl
-    def register_schedules(register):
-        register("half_life", half_life, "halves every tenth of the run")
-
-    mod.register_adapters, mod.register_schedules = register_adapters, register_schedules
-    return collect_parts(get_plugin_manager(extra=[("kinds", mod)]))
-
-
-def _load(tmp_path, parts, **sections):
-    data = {"model": {"builder": "hf", "path": "m"}, "data": {"path": "d.jsonl"}, **sections}
-    f = tmp_path / "r.yaml"
-    f.write_text(yaml.safe_dump(data))
-    return load_recipe(str(f), parts)
+    return parts_with("kinds", register_adapters=[("qdora", FourBitDoRA, "DoRA on a 4-bit base")],
+                      register_schedules=[("half_life", half_life, "halves every tenth of the run")])
 
 
 def test_what_an_adapter_kind_implies_comes_from_its_class(tmp_path, parts) -> None:
-    assert _load(tmp_path, parts, adapter={"kind": "qlora"})["model"]["quantization"] == "nf4"
-    recipe = _load(tmp_path, parts, adapter={"kind": "qdora", "init_gaussian": True})
+    assert load_sections(tmp_path, parts, adapter={"kind": "qlora"})["model"]["quantization"] == "nf4"
+    recipe = load_sections(tmp_path, parts, adapter={"kind": "qdora", "init_gaussian": True})
     assert recipe["model"]["quantization"] == "nf4" and recipe["adapter"]["init_gaussian"] is True
-    assert _load(tmp_path, parts, adapter={"kind": "qdora"}, model={"builder": "hf", "path": "m", "quantization": "int8"})["model"]["quantization"] == "int8"
+    assert load_sections(tmp_path, parts, adapter={"kind": "qdora"}, model={"builder": "hf", "path": "m", "quantization": "int8"})["model"]["quantization"] == "int8"
     with pytest.raises(ValidationError, match="model.quantization: a quantized base cannot be fully fine-tuned"):
-        _load(tmp_path, parts, adapter={"kind": "full"}, model={"builder": "hf", "path": "m", "quantization": "nf4"})
+        load_sections(tmp_path, parts, adapter={"kind": "full"}, model={"builder": "hf", "path": "m", "quantization": "nf4"})
     with pytest.raises(ValidationError) as err:
-        _load(tmp_path, parts, adapter={"kind": "lora", "init_gaussian": True})  # another kind's option
+        load_sections(tmp_path, parts, adapter={"kind": "lora", "init_gaussian": True})  # another kind's option
     assert [(p.path, p.message) for p in err.value.problems] == [("adapter.init_gaussian", "unknown key")]
 
 
 def test_a_run_makes_the_registered_kind_with_its_options(tmp_path, parts) -> None:
     from ftcore.train.runner import make_adapter
 
-    adapter = make_adapter(_load(tmp_path, parts, adapter={"kind": "qdora", "init_gaussian": True}), parts)
+    adapter = make_adapter(load_sections(tmp_path, parts, adapter={"kind": "qdora", "init_gaussian": True}), parts)
     assert isinstance(adapter, FourBitDoRA) and adapter.init_gaussian
 
 
