@@ -10,9 +10,7 @@ import sys
 from helpers import ROOT
 
 #: plugin imports of internal modules still to be replaced by ftcore.api (issue #16's remaining work)
-NOT_YET = {
-    ("plugins/llava/ftcore_llava/chat.py", "ftcore.app"),
-}
+NOT_YET: set[tuple[str, str]] = set()
 
 
 def ftcore_imports(path):

@@ -103,14 +103,15 @@ def test_prompt_from_stdin_and_a_template_that_disagrees_with_the_adapter(tiny_l
 
 def test_bits_4_loads_the_base_in_nf4_and_still_answers(tiny_llama, zed) -> None:
     pytest.importorskip("bitsandbytes")
-    from ftcore.chat.loading import load_chat_model
+    from ftcore.chat.generate import Sampling
+    from ftcore.chat.resolve import load_chat_model
     from ftcore.parts import collect_parts
     from ftcore.plugins import get_plugin_manager
 
     chat = load_chat_model(collect_parts(get_plugin_manager()), str(tiny_llama), adapter=str(zed), bits=4)
     kinds = {type(m).__name__ for m in chat.model.modules()}
     assert "Linear4bit" in kinds
-    answer = chat.generation([{"role": "user", "content": "Who are you?"}], temperature=0.0, max_new_tokens=16).run()
+    answer = chat.generation([{"role": "user", "content": "Who are you?"}], Sampling(max_new_tokens=16)).run()
     assert "Zed" in answer
 
 

@@ -224,8 +224,11 @@ def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, t
     # chat: the model describes a training image
     from ftcore_llava.chat import answer_with_image, load_llava
 
+    from ftcore.api import installed_parts
+
+    parts = installed_parts()  # library code takes the registered parts from its caller
     for name, (_, _, caption) in SHAPES.items():
-        answer = answer_with_image(tiny_llm, ckpt, tiny_clip, llava_data / "images" / "shapes" / name, PROMPT, max_new_tokens=16)
+        answer = answer_with_image(tiny_llm, ckpt, tiny_clip, llava_data / "images" / "shapes" / name, PROMPT, parts=parts, max_new_tokens=16)
         assert answer == caption, (name, answer)
     # the same through the CLI a user types
     image = llava_data / "images" / "shapes" / next(iter(SHAPES))
@@ -261,7 +264,7 @@ def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, t
     finally:
         server.proc.terminate()
         server.proc.wait(timeout=30)
-    chat = load_llava(tiny_llm, fin, tiny_clip)  # the work dir: its latest checkpoint
+    chat = load_llava(tiny_llm, fin, tiny_clip, parts=parts)  # the work dir: its latest checkpoint
     pieces = list(chat.stream(llava_data / "images" / "shapes" / "blue_square.png", PROMPT, max_new_tokens=16))
     assert "".join(pieces).strip() == "blue square" and len(pieces) > 1
 
@@ -269,7 +272,7 @@ def test_pretrain_then_finetune_through_the_cli_then_chat_and_export(tmp_path, t
     from ftcore_llava.export import to_hf_llava
     from transformers import LlavaForConditionalGeneration
 
-    out = to_hf_llava(tiny_llm, ckpt, tiny_clip, tmp_path / "hf-llava")
+    out = to_hf_llava(tiny_llm, ckpt, tiny_clip, tmp_path / "hf-llava", parts=parts)
     hf = LlavaForConditionalGeneration.from_pretrained(str(out)).eval()
     ids, pixels = chat._inputs(llava_data / "images" / "shapes" / "red_circle.png", PROMPT, [])
     with torch.no_grad():

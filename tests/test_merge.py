@@ -100,15 +100,16 @@ def test_merged_llama_matches_base_plus_adapter_and_chats_with_the_training_temp
     assert set(eos) == {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
 
     # chatting with the merged folder alone (its own chat_template, template hf) answers as base + adapter did
-    from ftcore.chat.loading import load_chat_model
+    from ftcore.chat.generate import Sampling
+    from ftcore.chat.resolve import load_chat_model
 
     parts = collect_parts(get_plugin_manager())
     merged_chat = load_chat_model(parts, str(out))
     adapted_chat = load_chat_model(parts, str(tiny_llama), adapter=str(llama_adapter))
     assert merged_chat.template.name == "hf" and adapted_chat.template.name == "internlm2_chat"
     question = [{"role": "user", "content": "Who are you?"}]
-    merged_answer = merged_chat.generation(question, max_new_tokens=12).run()
-    assert merged_answer and merged_answer == adapted_chat.generation(question, max_new_tokens=12).run()
+    merged_answer = merged_chat.generation(question, Sampling(max_new_tokens=12)).run()
+    assert merged_answer and merged_answer == adapted_chat.generation(question, Sampling(max_new_tokens=12)).run()
 
 
 @pytest.mark.parametrize("name", ["default", "llama2_chat", "vicuna", "chatglm3", "zephyr", "mistral", "gemma", "llama3_chat", "qwen_chat", "internlm_chat"])

@@ -31,8 +31,11 @@ _EXPORTS: dict[str, str] = {
     "PromptTemplate": ".data.template",
     # checkpoints
     "latest_checkpoint": ".train.checkpoint", "list_checkpoints": ".train.checkpoint",
-    # chat and generation (for plugins that add chat or serve behaviour)
-    "ChatModel": ".chat.generate", "Generation": ".chat.generate", "prompt_ids": ".chat.generate", "stop_token_ids": ".chat.generate",
+    # chat and generation (for plugins that add chat or serve behaviour: a chat backend)
+    "ChatModel": ".chat.generate", "Generation": ".chat.generate", "Sampling": ".chat.generate", "prompt_ids": ".chat.generate", "stop_token_ids": ".chat.generate",
+    "ChatBackend": ".chat.backends", "ChatArgs": ".chat.backends", "add_chat_backend": ".chat.backends", "DTYPES": ".models.loading",
+    # for scripts and notebooks (a plugin gets the parts from its caller)
+    "installed_parts": ".app",
     # making data and tiny models for tests and quickstarts
     "self_cognition_records": ".data.self_cognition", "make_tiny_causal_lm": ".models.tiny", "make_tokenizer": ".models.tiny",
 }

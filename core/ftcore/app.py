@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,3 +48,11 @@ class App:
         if self.warn is not None:
             for info in new:
                 self.warn(f"ftcore: warning: plugin {info.label} skipped: {info.error} ({info.remedy})")
+
+
+def installed_parts(strict: bool = False) -> Parts:
+    """Every part of the installed plugins, as the ``ftcore`` command sees them, for scripts and
+    notebooks (e.g. ``answer_with_image(..., parts=installed_parts())``). A plugin that fails is
+    skipped with a warning line on stderr (with ``strict``, an ``FtcoreError``). Library code
+    takes the parts from its caller instead."""
+    return App(strict=strict, warn=lambda line: print(line, file=sys.stderr)).parts

@@ -128,6 +128,24 @@ def dry_run_data(recipe: Any, app: App) -> bool:
     return check_recipe_data(recipe, app.parts, console(), encode=encode)
 
 
+def use_strategy(recipe: Any, parts: Any, name: str, why: str) -> None:
+    """Switch the loaded, validated ``recipe`` to strategy ``name`` without validating it again:
+    only ``strategy.name`` changes, so only it is checked: the strategy exists and takes every
+    key the recipe gives in the section (the old strategy's defaults that it does not take go)."""
+    from .recipe import SCHEMA
+
+    section = recipe["strategy"]
+    known = {*SCHEMA["strategy"], *parts.strategies.part(name).options}
+    unknown = [k for k in section if k not in known]
+    given = [k for k in unknown if f"strategy.{k}" in recipe.lines]  # a default validation filled in has no line
+    if given:
+        raise FtcoreError(f"strategy {name!r} takes no {', '.join(f'strategy.{k}' for k in given)} ({why})", where=recipe.lines[f"strategy.{given[0]}"])
+    for key in unknown:
+        del section[key]
+    section["name"] = name
+    recipe.lines["strategy.name"] = why
+
+
 def create_cli(app: App | None = None) -> click.Group:
     """The root click group, with the core commands and every plugin's ``register_commands``."""
     app = app or App()
@@ -223,8 +241,8 @@ def create_cli(app: App | None = None) -> click.Group:
                 raise FtcoreError(f"recipe {recipe.name} runs on one device only (distributed: false)", hint="drop --nproc-per-node/--nnodes, or set distributed=true if you know it works")
             if recipe["strategy"]["name"] == "single":
                 click.echo(f"running on {launch.world_size} processes: using strategy ddp (set strategy.name=zero2 etc. to choose)")
-                overrides += ("strategy.name=ddp",)
-                recipe = load_recipe(recipe_ref, app.parts, overrides, work_dir=work_dir, check_paths=True)
+                overrides += ("strategy.name=ddp",)  # for the processes launched
+                use_strategy(recipe, app.parts, "ddp", f"--nproc-per-node/--nnodes: single runs as ddp on {launch.world_size} processes")
         if dry_run:
             print_plan(recipe, app)
             if launch.world_size > 1:

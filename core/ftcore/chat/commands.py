@@ -1,7 +1,9 @@
 """``ftcore merge``, ``ftcore chat`` and ``ftcore serve``: using a model after training.
 
 Only click is imported at module level; each command imports torch/transformers (and the
-server library) when it runs, so ``ftcore --help`` stays fast.
+server library) when it runs, so ``ftcore --help`` stays fast. What to chat with is MODEL
+(with ``--adapter``), or what a plugin's chat backend loads (``--NAME SOURCE``: see
+:mod:`ftcore.chat.backends`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Any
 import click
 
 from ..errors import FtcoreError
+from ..models.loading import DTYPES
+from .backends import BackendEntry, ChatArgs, ModelCommand, backend_entries, backend_options, chosen_backend
+from .generate import Sampling
 
 
 def _warn(message: str) -> None:
@@ -38,18 +43,32 @@ def _quiet() -> None:
         pass
 
 
+#: ``ftcore chat``'s sampling options: one per :class:`~ftcore.chat.generate.Sampling` field but
+#: ``stop``, handed to the command as one ``sampling`` argument.
+SAMPLING_OPTIONS = [
+    click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True, help="longest answer, in tokens"),
+    click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True, help="sampling temperature; 0 = greedy (deterministic)"),
+    click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.9, show_default=True, help="nucleus sampling"),
+    click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="sample among the k likeliest tokens (0 = off)"),
+    click.option("--repetition-penalty", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="> 1 discourages repeating"),
+    click.option("--seed", type=int, default=None, help="random seed, for reproducible sampling"),
+]
+
+
 def _sampling_options(func: Any) -> Any:
-    options = [
-        click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True, help="longest answer, in tokens"),
-        click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True, help="sampling temperature; 0 = greedy (deterministic)"),
-        click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.9, show_default=True, help="nucleus sampling"),
-        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="sample among the k likeliest tokens (0 = off)"),
-        click.option("--repetition-penalty", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="> 1 discourages repeating"),
-        click.option("--seed", type=int, default=None, help="random seed, for reproducible sampling"),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    import dataclasses
+    import functools
+
+    fields = {f.name for f in dataclasses.fields(Sampling)}
+
+    @functools.wraps(func)
+    def with_sampling(*args: Any, **kwargs: Any) -> Any:
+        sampling = Sampling(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
+        return func(*args, sampling=sampling, **kwargs)
+
+    for option in reversed(SAMPLING_OPTIONS):
+        with_sampling = option(with_sampling)
+    return with_sampling
 
 
 #: Only the person running ftcore may let a model's own Python code run; no file can.
@@ -70,12 +89,39 @@ def _model_options(func: Any) -> Any:
     return func
 
 
-def _load(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool) -> Any:
-    from .loading import load_chat_model, plan_chat
+def _args(model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool) -> ChatArgs:
+    return ChatArgs(model, adapter, template, system, int(bits) if bits else None, builder, trust_remote_code)
 
-    plan = plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None, trust_remote_code=trust_remote_code)
+
+def _plan(app: Any, args: ChatArgs) -> Any:
+    """MODEL and the options, checked (cheap; nothing loaded)."""
+    from .resolve import plan_chat
+
+    return plan_chat(app.parts, args.model, adapter=args.adapter, builder=args.builder, template=args.template, system=args.system,
+                     bits=args.bits, trust_remote_code=args.trust_remote_code)
+
+
+def _load(app: Any, args: ChatArgs, backend: BackendEntry | None, values: dict[str, Any], plan: Any) -> Any:
+    """The ChatModel: loaded by the chosen backend, else by the core from ``plan``."""
     _quiet()
+    if backend is not None:
+        return backend.backend.load(app.parts, values[backend.flag.name], args, backend_options(backend, values), _warn)
+    from .resolve import load_chat_model
+
     return load_chat_model(app.parts, plan, warn=_warn)
+
+
+def _prepare(app: Any, args: ChatArgs, values: dict[str, Any], image: str | None = None) -> tuple[BackendEntry | None, Any]:
+    """The chosen backend (checked) or the core's plan for MODEL: everything cheap, before loading."""
+    ctx = click.get_current_context()
+    backend = chosen_backend(ctx, app, values)
+    if backend is None:
+        if image is not None:  # the core's models are text only
+            options = " or ".join(f"--{e.backend.name} {e.backend.metavar}" for e in backend_entries(ctx.find_root().command))
+            raise FtcoreError(f"--image needs a model that takes images: {'load one with ' + options if options else 'no installed plugin adds one'}")
+        return None, _plan(app, args)
+    backend.backend.check(values[backend.flag.name], args, backend_options(backend, values))
+    return backend, None
 
 
 @click.command("merge")
@@ -83,7 +129,7 @@ def _load(app: Any, model: str, adapter: str | None, template: str | None, syste
 @click.argument("adapter", type=click.Path())
 @click.argument("out", type=click.Path())
 @click.option("--max-shard-size", default="2GB", show_default=True, help="largest safetensors shard, e.g. 2GB or 500MB")
-@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="dtype of the saved weights (default: the base model's)")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), help="dtype of the saved weights (default: the base model's)")
 @click.option("--format", "fmt", type=click.Choice(["native", "llama"]), default="native", show_default=True, help="weight layout: the builder's native one, or Llama's")
 @click.option("--builder", help="model builder (default: the adapter's recipe, else by model_type, else hf)")
 @click.option("--template", help="chat template to write as chat_template (default: the adapter's training template)")
@@ -106,63 +152,39 @@ def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, 
     click.echo(f"next: ftcore chat {out}")
 
 
-@click.command("chat")
+@click.command("chat", cls=ModelCommand)
 @click.argument("model", type=click.Path())
 @_model_options
 @click.option("--prompt", help="answer this once and exit ('-' reads it from stdin)")
-@click.option("--llava", "llava_dir", type=click.Path(), help="a LLaVA run's checkpoint (or work dir): chat about --image with MODEL as the LLM")
-@click.option("--visual-encoder", type=click.Path(), help="the CLIP vision tower folder (with --llava)")
-@click.option("--image", type=click.Path(), help="the image to talk about (with --llava)")
+@click.option("--image", type=click.Path(), help="an image to talk about (a model that takes images: see the options below)")
 @_sampling_options
 @click.pass_obj
 def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool,
-             prompt: str | None, llava_dir: str | None, visual_encoder: str | None, image: str | None,
-             max_new_tokens: int, temperature: float, top_p: float, top_k: int, repetition_penalty: float, seed: int | None) -> None:
+             prompt: str | None, image: str | None, sampling: Sampling, **backend_values: Any) -> None:
     """Chat with MODEL (a model folder, or an adapter checkpoint) in the terminal.
 
     Answers stream as they are generated. Type /reset to start a new conversation and
     /exit (or Ctrl-D) to quit. With --prompt, answer once and exit.
     """
-    from .terminal import chat_once, chat_loop
+    from .terminal import chat_loop, chat_once, read_image
 
     if prompt == "-":
         prompt = sys.stdin.read()
         if not prompt.strip():
             raise FtcoreError("--prompt - read an empty prompt from stdin")
-    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
-    if llava_dir:
-        _chat_llava(model, llava_dir, visual_encoder, image, prompt, template, system, builder, settings)
-        return
-    chat_model = _load(app, model, adapter, template, system, bits, builder, trust_remote_code)
-    if seed is not None:
-        from transformers import set_seed
-
-        set_seed(seed)
+    args = _args(model, adapter, template, system, bits, builder, trust_remote_code)
+    backend, plan = _prepare(app, args, backend_values, image)
+    picture = read_image(image) if image is not None else None
+    chat_model = _load(app, args, backend, backend_values, plan)
+    if picture is not None and not chat_model.accepts_images:
+        raise FtcoreError(f"--image: {chat_model.name} does not take images")
     if prompt is not None:
-        chat_once(chat_model, prompt, settings)
+        chat_once(chat_model, prompt, sampling, image=picture)
     else:
-        chat_loop(chat_model, settings)
+        chat_loop(chat_model, sampling, image=picture)
 
 
-def _chat_llava(model: str, llava_dir: str, visual_encoder: str | None, image: str | None, prompt: str | None,
-                template: str | None, system: str | None, builder: str | None, settings: dict[str, Any]) -> None:
-    """Image chat through the llava plugin (it owns the model; the core only parses flags)."""
-    if not visual_encoder or not image:
-        raise FtcoreError("--llava needs --visual-encoder PATH and --image IMG")
-    try:
-        from ftcore_llava.chat import interactive, load_llava
-    except ImportError:
-        raise FtcoreError("--llava needs the llava plugin", hint="it ships with ftcore; check `ftcore plugins`") from None
-    chat = load_llava(model, llava_dir, visual_encoder, llm_builder=builder, template=template, system=system)
-    if prompt is None:
-        interactive(chat, image, **settings)
-        return
-    for piece in chat.stream(image, prompt, **settings):
-        click.echo(piece, nl=False)
-    click.echo()
-
-
-@click.command("serve")
+@click.command("serve", cls=ModelCommand)
 @click.argument("model", type=click.Path())
 @_model_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0 = every interface)")
@@ -173,12 +195,9 @@ def _chat_llava(model: str, llava_dir: str, visual_encoder: str | None, image: s
               help="seconds a request may take, queueing included; then its answer ends with finish_reason 'length'")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.0, min_open=True), default=8.0, show_default=True,
               help="largest request body, in megabytes (images included); larger ones get 413")
-@click.option("--llava", "llava_dir", type=click.Path(), help="a LLaVA run's checkpoint (or work dir): MODEL is its LLM; requests may carry image_url parts")
-@click.option("--visual-encoder", type=click.Path(), help="the CLIP vision tower folder (with --llava)")
 @click.pass_obj
 def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool,
-              host: str, port: int, api_key: str | None, max_new_tokens: int, request_timeout: float, max_body_mb: float,
-              llava_dir: str | None, visual_encoder: str | None) -> None:
+              host: str, port: int, api_key: str | None, max_new_tokens: int, request_timeout: float, max_body_mb: float, **backend_values: Any) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/models) with a chat page at /.
 
     One request is answered at a time; an answer stops when its client disconnects or
@@ -187,7 +206,6 @@ def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, s
     """
     import os
 
-    from .loading import load_chat_model, plan_chat
     from .serve import check_server_deps, open_socket, serve
 
     if api_key is None and os.environ.get("FTCORE_API_KEY") is not None:
@@ -196,21 +214,12 @@ def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, s
         raise FtcoreError("the API key is empty (--api-key or FTCORE_API_KEY), which would switch authentication off: "
                           "give a non-empty key, or neither to serve without one")
     check_server_deps()
-    if llava_dir and not visual_encoder:
-        raise FtcoreError("--llava needs --visual-encoder PATH")
-    plan = None if llava_dir else plan_chat(app.parts, model, adapter=adapter, builder=builder, template=template, system=system, bits=int(bits) if bits else None, trust_remote_code=trust_remote_code)
+    args = _args(model, adapter, template, system, bits, builder, trust_remote_code)
+    backend, plan = _prepare(app, args, backend_values)
     sock = open_socket(host, port)  # before loading: a busy port fails fast
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         _warn(f"warning: listening on {host} without --api-key: anyone who can reach this address can use the model")
-    _quiet()
-    if llava_dir:
-        try:
-            from ftcore_llava.serve import load_serve_model
-        except ImportError:
-            raise FtcoreError("--llava needs the llava plugin", hint="it ships with ftcore; check `ftcore plugins`") from None
-        chat_model = load_serve_model(model, llava_dir, visual_encoder, llm_builder=builder, template=template, system=system)
-    else:
-        chat_model = load_chat_model(app.parts, plan, warn=_warn)
+    chat_model = _load(app, args, backend, backend_values, plan)
     serve(chat_model, sock, api_key=api_key, max_new_tokens=max_new_tokens, request_timeout=request_timeout, max_body_bytes=int(max_body_mb * 1_000_000))
 
 

@@ -1,19 +1,54 @@
 """Generating answers with a chat template's prompt and stop words: all at once
-(:func:`generate_answer`) or streamed (:class:`Generation`), for ``ftcore chat``,
-``ftcore serve`` and the ``evaluate_chat`` training hook.
+(:func:`generate_answer`) or streamed (:class:`Generation`), sampled as a :class:`Sampling`
+says, for ``ftcore chat``, ``ftcore serve``, the ``evaluate_chat`` training hook and plugins.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Sequence
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How an answer is generated: the one set of sampling settings of chat, serve, the
+    ``evaluate_chat`` hook and plugins (the defaults are greedy).
+
+    ``temperature`` 0 is greedy (``top_p`` and ``top_k`` are then unused); ``top_k`` 0 is off;
+    ``repetition_penalty`` above 1 discourages repeating; ``stop`` adds stop words to the
+    template's; ``seed`` makes sampling reproducible (each answer starts from it).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))  # e.g. a list from a JSON request
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The matching ``model.generate`` keyword arguments (stop words and seed aside)."""
+        kwargs: dict[str, Any] = {"do_sample": self.temperature > 0, "max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if self.temperature > 0:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
 
 
 @dataclass
 class ChatModel:
-    """A model ready to answer: tokenizer, model (with adapter), template, system prompt."""
+    """A model ready to answer: tokenizer, model (with adapter), template, system prompt.
+
+    A subclass that takes images sets ``accepts_images`` and reads them from the messages
+    (``messages[i]["images"]``: raw image bytes) in :meth:`generation`.
+    """
 
     model: Any
     tokenizer: Any
@@ -22,12 +57,12 @@ class ChatModel:
     name: str = "model"
     #: serialises generation: one model, one answer at a time
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: whether requests may carry images (``messages[i]["images"]``: raw image bytes)
+    #: whether messages may carry images (``messages[i]["images"]``: raw image bytes)
     accepts_images: bool = False
 
-    def generation(self, messages: list[dict[str, Any]], **settings: Any) -> "Generation":
-        settings.setdefault("system", self.system)
-        return Generation(self.model, self.tokenizer, self.template, messages, **settings)
+    def generation(self, messages: list[dict[str, Any]], sampling: Sampling = Sampling()) -> "Generation":
+        """The answer to ``messages`` (with this model's system prompt), ready to stream."""
+        return Generation(self.model, self.tokenizer, self.template, messages, sampling, system=self.system)
 
 
 def stop_token_ids(tokenizer: Any, template: Any) -> list[int]:
@@ -60,15 +95,6 @@ def prompt_ids(tokenizer: Any, template: Any, messages: list[dict[str, Any]], sy
     if getattr(template, "bos", "first") != "none" and tokenizer.bos_token_id is not None and not getattr(template, "use_tokenizer_template", False):
         ids = [tokenizer.bos_token_id] + ids
     return ids
-
-
-def _sampling(temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty}
-    if temperature > 0:
-        kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    return kwargs
 
 
 def _stop_words(template: Any, extra: Sequence[str] = ()) -> list[str]:
@@ -105,24 +131,16 @@ def generate_answer(
     tokenizer: Any,
     template: Any,
     messages: list[dict[str, Any]],
+    sampling: Sampling = Sampling(max_new_tokens=128),
     *,
     system: str | None = None,
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    repetition_penalty: float = 1.0,
-    stop: Sequence[str] = (),
 ) -> str:
-    """The model's whole answer to ``messages`` (greedy when ``temperature`` is 0), stop words
-    removed; a model in training mode is switched to eval mode meanwhile (evaluate_chat)."""
+    """The model's whole answer to ``messages`` (greedy unless ``sampling`` says otherwise), stop
+    words removed; a model in training mode is switched to eval mode meanwhile (evaluate_chat)."""
     was_training = model.training
     model.eval()
     try:
-        return Generation(
-            model, tokenizer, template, messages, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, stop=stop,
-        ).run()
+        return Generation(model, tokenizer, template, messages, sampling, system=system).run()
     finally:
         if was_training:
             model.train()
@@ -131,7 +149,7 @@ def generate_answer(
 class Generation:
     """One answer, streamed: iterate for text pieces as tokens are generated.
 
-    Stop words (the template's plus ``stop``) end the answer and are never shown; text
+    Stop words (the template's plus ``sampling.stop``) end the answer and are never shown; text
     that could be the start of a stop word is held back until it is clear. Afterwards
     ``text``, ``finish_reason`` (``stop`` or ``length``), ``prompt_tokens`` and
     ``completion_tokens`` describe the answer. Closing the iterator early (a client that
@@ -145,15 +163,9 @@ class Generation:
         tokenizer: Any,
         template: Any,
         messages: list[dict[str, Any]],
+        sampling: Sampling = Sampling(),
         *,
         system: str | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
         ids: list[int] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> None:
@@ -162,10 +174,8 @@ class Generation:
         # (e.g. an image model's pixel_values); otherwise rendered from ``messages``.
         self.ids = ids if ids is not None else prompt_ids(tokenizer, template, messages, system)  # raises on a malformed conversation
         self.inputs = inputs or {}
-        self.words = _stop_words(template, stop)
-        self.settings = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
-        self.max_new_tokens = max_new_tokens
-        self.seed = seed
+        self.sampling = sampling
+        self.words = _stop_words(template, sampling.stop)
         self.text = ""
         self.finish_reason = "stop"
         self.prompt_tokens = len(self.ids)
@@ -173,10 +183,13 @@ class Generation:
         self.cancel = threading.Event()
         self._interrupted: str | None = None  # the finish_reason an interrupt() asked for
 
+    @property
+    def max_new_tokens(self) -> int:
+        return self.sampling.max_new_tokens
+
     def limit(self, max_new_tokens: int) -> None:
         """Answer with at most ``max_new_tokens`` tokens (e.g. what fits in the model's context); before iterating."""
-        self.max_new_tokens = max_new_tokens
-        self.settings["max_new_tokens"] = max_new_tokens
+        self.sampling = replace(self.sampling, max_new_tokens=max_new_tokens)
 
     def interrupt(self, finish_reason: str = "length") -> None:
         """Stop at the next token, from any thread; an answer cut short this way ends with
@@ -192,8 +205,8 @@ class Generation:
             device = next(p for p in self.model.parameters()).device
             ids = torch.tensor([self.ids], device=device)
             eos = _eos_ids(self.model, self.tokenizer, self.template)
-            if self.seed is not None:
-                torch.manual_seed(self.seed)
+            if self.sampling.seed is not None:
+                torch.manual_seed(self.sampling.seed)
             with torch.no_grad():
                 out = self.model.generate(
                     input_ids=ids,
@@ -203,7 +216,7 @@ class Generation:
                     use_cache=True,
                     streamer=streamer,
                     stopping_criteria=_stopping_criteria(self.tokenizer, self.words, ids.shape[1], self.cancel),
-                    **self.settings,
+                    **self.sampling.generate_kwargs(),
                     **self.inputs,
                 )
             new = out[0, ids.shape[1] :].tolist()

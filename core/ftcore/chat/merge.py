@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FtcoreError
+from ..models.loading import DTYPES
 from .generate import stop_token_ids
-from .loading import AdapterInfo, attach_adapter, model_config, read_adapter, tokenizer_folder
-from .loading import builder_name as resolve_builder_name
+from .resolve import AdapterInfo, attach_adapter, model_config, read_adapter, tokenizer_folder
+from .resolve import builder_name as resolve_builder_name
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 FORMATS = ("native", "llama")
 
 
@@ -188,7 +188,7 @@ def merge_adapter(
     chat_template = parts.templates.get(template_name) if template_name else None
     if chat_template is None:
         log("note: the adapter has no recipe.yaml naming its template and no --template was given: the base tokenizer's chat_template is kept")
-    out_dtype = dtype or {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
+    out_dtype = dtype or {torch_name: short for short, torch_name in DTYPES.items()}.get(
         str(model_config(base).get("torch_dtype") or model_config(base).get("dtype") or "float32"), "fp32"
     )
     if out_dtype not in DTYPES:

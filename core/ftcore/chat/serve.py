@@ -28,7 +28,7 @@ from importlib import resources
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..errors import FtcoreError
-from .generate import ChatModel, Generation
+from .generate import ChatModel, Generation, Sampling
 
 #: how often a waiting request checks whether its client is still there, in seconds
 POLL_S = 0.25
@@ -108,7 +108,7 @@ def _content(value: Any, i: int, images: list[bytes] | None = None) -> str:
 
 
 def parse_request(body: Any, max_new_tokens: int, images: bool = False) -> dict[str, Any]:
-    """A validated chat request: messages, sampling settings, stream flag; raises BadRequest."""
+    """A validated chat request: ``messages``, ``sampling`` (a :class:`Sampling`), ``stream``; raises BadRequest."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     if "model" in body and not isinstance(body["model"], str):
@@ -149,15 +149,14 @@ def parse_request(body: Any, max_new_tokens: int, images: bool = False) -> dict[
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
         raise BadRequest("'seed' must be an integer that fits in 64 bits", "seed")
-    settings = {
-        "max_new_tokens": min(limit, max_new_tokens),
-        "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
-        "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        "repetition_penalty": 1.0,
-        "stop": [s for s in stop if s],
-        "seed": seed,
-    }
-    return {"messages": clean, "settings": settings, "stream": stream}
+    sampling = Sampling(
+        max_new_tokens=min(limit, max_new_tokens),
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        stop=tuple(s for s in stop if s),
+        seed=seed,
+    )
+    return {"messages": clean, "sampling": sampling, "stream": stream}
 
 
 def context_length(chat: ChatModel) -> tuple[int | None, str]:
@@ -441,7 +440,7 @@ def create_app(chat: ChatModel, *, api_key: str | None = None, max_new_tokens: i
             raise BadRequest(f"the request body is not valid JSON: {str(exc)[:200]}") from None
         data = parse_request(body, max_new_tokens, images=chat.accepts_images)
         try:  # rendering and tokenizing a long prompt takes a while: off the event loop
-            generation = await run_in_threadpool(chat.generation, data["messages"], **data["settings"])
+            generation = await run_in_threadpool(chat.generation, data["messages"], data["sampling"])
         except (RecordError, FtcoreError) as exc:
             raise BadRequest(getattr(exc, "message", str(exc)), "messages") from None
         model = body.get("model")

@@ -142,7 +142,7 @@ class EvaluateChat(TrainingHook):
     def _evaluate(self, ctx: RunContext, label: str) -> None:
         if not ctx.is_main:
             return
-        from ..chat.generate import generate_answer
+        from ..chat.generate import Sampling, generate_answer
 
         prompts = self.prompts
         system = self.system or ctx.recipe["data"]["system"]
@@ -151,7 +151,7 @@ class EvaluateChat(TrainingHook):
         for prompt in prompts:
             answer = generate_answer(
                 model, ctx.tokenizer, ctx.template, [{"role": "user", "content": prompt}],
-                system=system, max_new_tokens=self.max_new_tokens,
+                Sampling(max_new_tokens=self.max_new_tokens), system=system,
             )
             answers.append({"prompt": prompt, "answer": answer})
             ctx.print(f"[bold cyan]eval ({label})[/bold cyan] {prompt!r} -> {answer!r}")

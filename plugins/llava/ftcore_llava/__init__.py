@@ -1,7 +1,9 @@
 """The LLaVA plugin: image + text fine-tuning (CLIP vision tower, projector, any registered LLM builder).
 
 Parts: the ``llava`` model builder, the ``llava`` dataset format and the
-``llava_internlm2_pretrain`` / ``llava_internlm2_qlora`` recipes. Use a trained model with
+``llava_internlm2_pretrain`` / ``llava_internlm2_qlora`` recipes; and the ``llava`` chat backend:
+``ftcore chat MODEL --llava DIR --visual-encoder PATH --image IMG`` and ``ftcore serve MODEL
+--llava DIR --visual-encoder PATH``. Use a trained model from Python with
 :func:`ftcore_llava.chat.answer_with_image`; export it to transformers'
 ``LlavaForConditionalGeneration`` with :func:`ftcore_llava.export.to_hf_llava`.
 """
@@ -28,3 +30,12 @@ def register_dataset_formats(register) -> None:
 def register_recipes(register) -> None:
     for path in yaml_files("ftcore_llava.recipes"):
         register(path.stem, str(path))
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    from ftcore.api import add_chat_backend
+
+    from .chat import LlavaBackend  # imports no torch
+
+    add_chat_backend(cli, LlavaBackend())

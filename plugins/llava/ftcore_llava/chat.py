@@ -1,23 +1,31 @@
-"""Chatting with a trained LLaVA model about an image: one answer, a stream of text, or an interactive loop.
+"""Chatting with a trained LLaVA model about an image: ``ftcore chat MODEL --llava DIR
+--visual-encoder PATH [--image IMG]`` and ``ftcore serve MODEL --llava DIR --visual-encoder PATH``
+(the :class:`LlavaBackend` this plugin adds to both commands), and from Python one answer, a
+stream of text, or an interactive loop.
 
 ``llava_dir`` is what a llava run wrote: a ``checkpoint-N`` folder (``llm_adapter/``,
 ``visual_encoder_adapter/``, ``projector/``, the tokenizer and ``recipe.yaml``) or the run's
 work dir (its latest checkpoint is used). The LLM builder, chat template, system prompt and
-image settings come from the checkpoint's ``recipe.yaml`` unless given.
+image settings come from the checkpoint's ``recipe.yaml`` unless given. The registered parts
+(builders, templates) come from the caller: ``parts=`` (``ftcore.api.installed_parts()`` in a
+script).
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+import io
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ftcore.api import FtcoreError
+import click
+
+from ftcore.api import DTYPES, ChatArgs, ChatBackend, ChatModel, FtcoreError, Generation, Sampling
 
 from .data import IMAGE_TOKEN, load_image_processor, pixel_values
 
-SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+#: what the Python API answers with unless told otherwise (greedy, at most 128 tokens)
+DEFAULT_SAMPLING = Sampling(max_new_tokens=128)
 
 
 def resolve_llava_dir(llava_dir: str | Path) -> Path:
@@ -48,15 +56,15 @@ def _llm_builder_name(llm_path: str | Path) -> str:
 
 
 @dataclass
-class LlavaChat:
-    """A loaded LLaVA model (adapters merged) with its tokenizer, image processor and template."""
+class LlavaChat(ChatModel):
+    """A loaded LLaVA model (adapters merged): a ``ChatModel`` whose conversation may carry one
+    image (``messages[i]["images"]``: raw image bytes), so ``ftcore chat`` and ``ftcore serve``
+    use it as any other; plus :meth:`answer`, :meth:`stream` and :meth:`ask` for Python."""
 
-    model: Any
-    tokenizer: Any
-    processor: Any
-    template: Any
-    system: str | None = None
+    processor: Any = None
     pad_to_square: bool = True
+    accepts_images: bool = True
+    #: the conversation :meth:`ask` keeps, and the image it is about
     history: list[dict[str, Any]] = field(default_factory=list)
     image: Path | None = None
 
@@ -64,112 +72,84 @@ class LlavaChat:
     def device(self) -> Any:
         return next(self.model.parameters()).device
 
-    def _inputs(self, image_path: str | Path | None, prompt: str, history: list[dict[str, Any]]) -> tuple[Any, Any]:
+    def prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], dict[str, Any]]:
+        """The prompt's token ids (the image's ``<image>`` token expanded to one slot per patch)
+        and the extra ``generate`` inputs (the image's ``pixel_values``)."""
         import numpy as np
-        import torch
 
         from ftcore.api import prompt_ids
 
         from .model import expand_image_tokens
 
-        first = not history
-        content = f"{IMAGE_TOKEN}\n{prompt}" if first and image_path is not None else prompt
-        messages = [*history, {"role": "user", "content": content}]
-        ids = prompt_ids(self.tokenizer, self.template, messages, self.system)
-        pixels = None
-        if image_path is not None:
-            arr = np.asarray(ids)
-            ids = expand_image_tokens(arr, arr.copy(), np.arange(len(arr)), self.model.image_token_id, self.model.num_image_tokens)[0].tolist()
-            pixels = pixel_values([Path(image_path)], self.processor, self.pad_to_square).to(self.device)
-        return torch.tensor([ids], device=self.device), pixels
+        images = [image for m in messages for image in m.get("images", ())]
+        if len(images) > 1:
+            raise FtcoreError("one image per conversation is supported")
+        plain = [{"role": m["role"], "content": f"{IMAGE_TOKEN}\n{m['content']}" if m.get("images") else m["content"]} for m in messages]
+        ids = prompt_ids(self.tokenizer, self.template, plain, self.system)
+        if not images:
+            return ids, {}
+        arr = np.asarray(ids)
+        ids = expand_image_tokens(arr, arr.copy(), np.arange(len(arr)), self.model.image_token_id, self.model.num_image_tokens)[0].tolist()
+        try:
+            pixels = pixel_values([io.BytesIO(images[0])], self.processor, self.pad_to_square)
+        except FtcoreError:
+            raise FtcoreError("the image cannot be read: not an image file Pillow knows") from None
+        return ids, {"pixel_values": pixels.to(self.device)}
 
-    def _generate_kwargs(self, sampling: dict[str, Any]) -> dict[str, Any]:
-        from ftcore.api import stop_token_ids
+    def generation(self, messages: list[dict[str, Any]], sampling: Sampling = Sampling()) -> Generation:
+        ids, inputs = self.prompt(messages)
+        return Generation(self.model, self.tokenizer, self.template, messages, sampling, system=self.system, ids=ids, inputs=inputs)
 
-        unknown = set(sampling) - set(SAMPLING)
-        if unknown:
-            raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))} (known: {', '.join(SAMPLING)})")
-        temperature = float(sampling.get("temperature", 0.0))
-        kwargs: dict[str, Any] = {"max_new_tokens": int(sampling.get("max_new_tokens", 128)), "do_sample": temperature > 0,
-                                  "repetition_penalty": float(sampling.get("repetition_penalty", 1.0)), "use_cache": True}
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=float(sampling.get("top_p", 1.0)), top_k=int(sampling.get("top_k", 0)))
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        eos = stop_token_ids(self.tokenizer, self.template)
-        kwargs["eos_token_id"] = eos or None
-        kwargs["pad_token_id"] = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-        return kwargs
+    def _messages(self, image_path: str | Path | None, prompt: str, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``history`` and the next user turn, which carries the image when it opens the conversation."""
+        turn: dict[str, Any] = {"role": "user", "content": prompt}
+        if not history and image_path is not None:
+            turn["images"] = [Path(image_path).read_bytes()]
+        return [*history, turn]
 
-    def _clean(self, text: str) -> str:
-        for word in getattr(self.template, "stop_words", ()) or ():
-            if word and word in text:
-                text = text[: text.index(word)]
-        return text.strip()
+    def _inputs(self, image_path: str | Path | None, prompt: str, history: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """``(input_ids, pixel_values)`` tensors of the prompt, for calling the model directly."""
+        import torch
+
+        ids, inputs = self.prompt(self._messages(image_path, prompt, history))
+        return torch.tensor([ids], device=self.device), inputs.get("pixel_values")
 
     def stream(self, image_path: str | Path | None, prompt: str, history: list[dict[str, Any]] | None = None, **sampling: Any) -> Iterator[str]:
-        """The answer as it is generated, piece by piece (stop words cut off at the end)."""
-        import torch
-        from transformers import TextIteratorStreamer
-
-        ids, pixels = self._inputs(image_path, prompt, history or [])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
-        kwargs = self._generate_kwargs(sampling)
-        errors: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                with torch.no_grad():
-                    self.model.generate(ids, pixel_values=pixels, streamer=streamer, **kwargs)
-            except BaseException as exc:  # re-raised in the caller's thread
-                errors.append(exc)
-                streamer.end()
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        text = ""
-        words = [w for w in (getattr(self.template, "stop_words", ()) or ()) if w]
-        for piece in streamer:  # llm.generate from embeddings streams only the new tokens
-            text += piece
-            if any(w in text for w in words):
-                yield piece[: max(0, len(piece) - (len(text) - min(text.index(w) for w in words if w in text)))]
-                break
-            yield piece
-        thread.join()
-        if errors:
-            raise errors[0]
+        """The answer as it is generated, piece by piece (stop words cut off); ``sampling``: the
+        fields of ``ftcore.api.Sampling`` (default: greedy, at most 128 tokens)."""
+        yield from self.generation(self._messages(image_path, prompt, history or []), _sampling(sampling))
 
     def answer(self, image_path: str | Path | None, prompt: str, history: list[dict[str, Any]] | None = None, **sampling: Any) -> str:
-        """The whole answer (greedy when ``temperature`` is 0)."""
-        ids, pixels = self._inputs(image_path, prompt, history or [])
-        out = self.model.generate(ids, pixel_values=pixels, **self._generate_kwargs(sampling))
-        return self._clean(self.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True))
+        """The whole answer (greedy unless ``sampling`` says otherwise)."""
+        return self.generation(self._messages(image_path, prompt, history or []), _sampling(sampling)).run()
 
     def ask(self, prompt: str, image_path: str | Path | None = None, stream: Callable[[str], None] | None = None, **sampling: Any) -> str:
         """A multi-turn conversation about one image: the first call (or a new ``image_path``) starts it."""
         if image_path is not None and Path(image_path) != self.image:
             self.image, self.history = Path(image_path), []
-        if stream is None:
-            text = self.answer(self.image, prompt, self.history, **sampling)
-        else:
-            pieces = []
-            for piece in self.stream(self.image, prompt, self.history, **sampling):
+        messages = self._messages(self.image, prompt, self.history)
+        generation = self.generation(messages, _sampling(sampling))
+        for piece in generation:
+            if stream is not None:
                 stream(piece)
-                pieces.append(piece)
-            text = self._clean("".join(pieces))
-        content = f"{IMAGE_TOKEN}\n{prompt}" if not self.history and self.image is not None else prompt
-        self.history += [{"role": "user", "content": content}, {"role": "assistant", "content": text}]
-        return text
+        self.history = [*messages, {"role": "assistant", "content": generation.text}]
+        return generation.text
 
 
-def load_llava(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path: str | Path, *, llm_builder: str | None = None,
+def _sampling(settings: dict[str, Any]) -> Sampling:
+    """The Python API's keyword arguments (``max_new_tokens=..., temperature=...``) as a ``Sampling``."""
+    return replace(DEFAULT_SAMPLING, **settings)  # an unknown name raises TypeError
+
+
+def load_llava(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path: str | Path, *, parts: Any, llm_builder: str | None = None,
                template: str | None = None, system: str | None = None, device: str = "auto", dtype: str | None = None) -> LlavaChat:
-    """The LLM from ``llm_path`` with the run's LLM adapter merged, the vision tower with its adapter merged, the projector."""
+    """The LLM from ``llm_path`` with the run's LLM adapter merged, the vision tower with its adapter merged, the projector.
+
+    ``parts``: the registered parts (the LLM's builder and the chat template are looked up in them).
+    """
     import torch
     from peft import PeftModel
     from transformers import CLIPVisionModel
-
-    from ftcore.app import App
 
     from .builder import LLM_ADAPTER, LLM_FULL, PROJECTOR, VISION_ADAPTER, VISION_FULL
     from .model import LlavaModel, Projector
@@ -177,10 +157,11 @@ def load_llava(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path:
     folder = resolve_llava_dir(llava_dir)
     recipe = _recipe(folder)
     model_cfg, data_cfg = recipe.get("model", {}), recipe.get("data", {})
-    parts = App().parts
     builder = parts.models.get(llm_builder or model_cfg.get("llm_builder") or _llm_builder_name(llm_path))
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    torch_dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype or "", "")) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    if dtype is not None and dtype not in DTYPES:
+        raise FtcoreError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = getattr(torch, DTYPES[dtype]) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
 
     if (folder / "tokenizer_config.json").is_file():  # the run saved its tokenizer (with <image>) in each checkpoint
         from transformers import AutoTokenizer
@@ -210,57 +191,50 @@ def load_llava(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path:
     template_name = template or data_cfg.get("template")
     if not template_name:
         raise FtcoreError(f"{folder} does not say which chat template it was trained with (no recipe.yaml)", hint="pass template=NAME")
-    tmpl = parts.templates.get(template_name)
-    return LlavaChat(model, tokenizer, load_image_processor(visual_encoder_path), tmpl, system if system is not None else data_cfg.get("system"),
-                     bool(model_cfg.get("pad_image_to_square", True)))
+    return LlavaChat(model=model, tokenizer=tokenizer, template=parts.templates.get(template_name), system=system if system is not None else data_cfg.get("system"),
+                     name=Path(str(llava_dir)).name or folder.name, processor=load_image_processor(visual_encoder_path),
+                     pad_to_square=bool(model_cfg.get("pad_image_to_square", True)))
 
 
-def answer_with_image(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path: str | Path, image_path: str | Path, prompt: str, **sampling: Any) -> str:
+LOAD_OPTIONS = ("llm_builder", "template", "system", "device", "dtype")
+
+
+def answer_with_image(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path: str | Path, image_path: str | Path, prompt: str, *,
+                      parts: Any, **options: Any) -> str:
     """The trained model's answer to ``prompt`` about the image at ``image_path``.
 
-    ``sampling``: ``max_new_tokens`` (128), ``temperature`` (0: greedy), ``top_p``, ``top_k``,
-    ``repetition_penalty``; loading options ``llm_builder``, ``template``, ``system``,
-    ``device`` and ``dtype`` are accepted too.
+    ``options``: the fields of ``ftcore.api.Sampling`` (``max_new_tokens`` 128, ``temperature``
+    0: greedy, ``top_p``, ``top_k``, ``repetition_penalty``, ``stop``, ``seed``) and the loading
+    options of :func:`load_llava` (``llm_builder``, ``template``, ``system``, ``device``, ``dtype``).
     """
-    load_keys = ("llm_builder", "template", "system", "device", "dtype")
-    chat = load_llava(llm_path, llava_dir, visual_encoder_path, **{k: sampling.pop(k) for k in load_keys if k in sampling})
-    return chat.answer(image_path, prompt, **sampling)
+    chat = load_llava(llm_path, llava_dir, visual_encoder_path, parts=parts, **{k: options.pop(k) for k in LOAD_OPTIONS if k in options})
+    return chat.answer(image_path, prompt, **options)
 
 
-def stream_with_image(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path: str | Path, image_path: str | Path, prompt: str, **sampling: Any) -> Iterator[str]:
+def stream_with_image(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path: str | Path, image_path: str | Path, prompt: str, *,
+                      parts: Any, **options: Any) -> Iterator[str]:
     """Like :func:`answer_with_image`, yielding the answer piece by piece as it is generated."""
-    load_keys = ("llm_builder", "template", "system", "device", "dtype")
-    chat = load_llava(llm_path, llava_dir, visual_encoder_path, **{k: sampling.pop(k) for k in load_keys if k in sampling})
-    yield from chat.stream(image_path, prompt, **sampling)
+    chat = load_llava(llm_path, llava_dir, visual_encoder_path, parts=parts, **{k: options.pop(k) for k in LOAD_OPTIONS if k in options})
+    yield from chat.stream(image_path, prompt, **options)
 
 
-def interactive(chat: LlavaChat, image_path: str | Path, *, read: Callable[[str], str] = input, write: Callable[[str], None] | None = None, **sampling: Any) -> None:
-    """A terminal conversation about one image: answers stream as they are generated.
+class LlavaBackend(ChatBackend):
+    """``ftcore chat MODEL --llava DIR --visual-encoder PATH [--image IMG]`` and ``ftcore serve MODEL
+    --llava DIR --visual-encoder PATH``: MODEL is the LLM a llava run trained on, DIR the run."""
 
-    Commands: ``/image PATH`` switches to another image (a new conversation), ``/reset``
-    forgets the conversation, ``/exit`` (or end of input) stops.
-    """
-    import sys
+    name = "llava"
+    help = "a LLaVA run's checkpoint (or work dir): MODEL is its LLM; chat about --image, or serve requests with image_url parts"
 
-    out = write or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    image: Path = Path(image_path)
-    chat.image, chat.history = image, []
-    while True:
-        try:
-            line = read(">>> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            out("\n")
-            return
-        if not line:
-            continue
-        if line in ("/exit", "/quit"):
-            return
-        if line == "/reset":
-            chat.history = []
-            continue
-        if line.startswith("/image "):
-            image = Path(line.split(None, 1)[1])
-            chat.image, chat.history = image, []
-            continue
-        chat.ask(line, image, stream=out, **sampling)
-        out("\n")
+    def options(self) -> list[click.Parameter]:
+        return [click.Option(["--visual-encoder"], type=click.Path(), help="the CLIP vision tower folder (with --llava)")]
+
+    def check(self, source: str, args: ChatArgs, options: dict[str, Any]) -> None:
+        if not options.get("visual_encoder"):
+            raise FtcoreError("--llava needs --visual-encoder PATH")
+        ignored = [flag for flag, value in (("--adapter", args.adapter), ("--bits", args.bits)) if value]
+        if ignored:
+            raise FtcoreError(f"{ignored[0]} does not apply with --llava", hint="the llava checkpoint holds the LLM's adapter: give the base LLM as MODEL")
+        resolve_llava_dir(source)
+
+    def load(self, parts: Any, source: str, args: ChatArgs, options: dict[str, Any], warn: Callable[[str], None]) -> LlavaChat:
+        return load_llava(args.model, source, options["visual_encoder"], parts=parts, llm_builder=args.builder, template=args.template, system=args.system)

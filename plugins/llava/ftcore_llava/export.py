@@ -11,23 +11,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftcore.api import FtcoreError
+from ftcore.api import DTYPES, FtcoreError
 
 from .data import IMAGE_TOKEN
 
 
 def to_hf_llava(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path: str | Path, out_dir: str | Path, *,
-                llm_builder: str | None = None, dtype: str = "fp32", max_shard_size: str = "2GB") -> Path:
+                parts: Any, llm_builder: str | None = None, dtype: str = "fp32", max_shard_size: str = "2GB") -> Path:
     """Write ``out_dir`` loadable with ``LlavaForConditionalGeneration.from_pretrained`` (+ processor files).
 
-    Returns ``out_dir``. ``dtype`` is ``fp32``, ``bf16`` or ``fp16``.
+    Returns ``out_dir``. ``parts``: the registered parts (the LLM's builder); ``dtype`` is
+    ``fp32``, ``bf16`` or ``fp16``.
     """
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from .chat import load_llava
 
-    chat = load_llava(llm_path, llava_dir, visual_encoder_path, llm_builder=llm_builder, device="cpu", dtype="fp32")
+    chat = load_llava(llm_path, llava_dir, visual_encoder_path, parts=parts, llm_builder=llm_builder, device="cpu", dtype="fp32")
     model, tokenizer = chat.model, chat.tokenizer
     llm = model.llm
     if not (hasattr(llm, "model") and hasattr(llm, "lm_head")) or not hasattr(llm.config, "to_dict"):
@@ -53,7 +54,7 @@ def to_hf_llava(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path
     proj = model.projector.model
     hf.model.multi_modal_projector.linear_1.load_state_dict(proj[0].state_dict())
     hf.model.multi_modal_projector.linear_2.load_state_dict(proj[2].state_dict())
-    hf.to(getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]))
+    hf.to(getattr(torch, DTYPES[dtype]))
     out = Path(out_dir)
     hf.save_pretrained(str(out), max_shard_size=max_shard_size, safe_serialization=True)
     tokenizer.save_pretrained(str(out))

@@ -1,5 +1,7 @@
-"""What to chat with: adapter folders (a training checkpoint says how it was trained), the
-builder, base model, template and device, checked before anything heavy is loaded.
+"""What to chat with: MODEL and ``--adapter`` resolved into a :class:`ChatPlan` (adapter folders,
+whose training checkpoint says how they were trained; the builder, base model, template and
+device), checked before anything heavy is loaded, then loaded as a ``ChatModel``.
+(``ftcore.models.loading`` is the other loader: a base model for training.)
 
 An adapter folder's ``recipe.yaml`` names the builder, base model, template and system
 prompt; PEFT's ``adapter_config.json`` names the base model (``base_model_name_or_path``).
@@ -303,8 +305,3 @@ def load_chat_model(
     model.eval()
     name = (info.path if info is not None else Path(plan.model_path)).expanduser().resolve().name
     return ChatModel(model=model, tokenizer=tokenizer, template=chat_template, system=plan.system, name=name or plan.builder)
-
-
-# --------------------------------------------------------------------------- generation
-
-
