@@ -128,6 +128,80 @@ def test_max_samples_is_a_seeded_subset(tmp_path):
     assert len(load_records(path, max_samples=500)) == 50
 
 
+def test_json_lines_in_a_json_file_are_read_with_their_lines(tmp_path):
+    path = write_jsonl(tmp_path / "huatuo.json", ALPACA[:3])  # the Huatuo medical file is JSON Lines named .json
+    records = load_records(path)
+    assert records == ALPACA[:3]
+    assert records.where(2) == f"{path}:3"  # a line, no list index
+    path.write_text(json.dumps(ALPACA[0]) + "\n" + json.dumps(ALPACA[1]) + "\n" + '{"instruction": "q",, "output": "a"}\n', encoding="utf-8")
+    text = error(path)
+    assert f"{path}:3" in text and "malformed JSON on line 3" in text and '{"instruction": "q",, "output": "a"}' in text
+
+
+def test_plain_text_becomes_pretrain_documents_by_paragraph_or_file(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_bytes("First paragraph,\r\ntwo lines.\r\n\r\n\n  \nSecond.\n\nThird 第三段.\n".encode())
+    records = load_records(path)
+    assert records == [{"text": "First paragraph,\ntwo lines."}, {"text": "Second."}, {"text": "Third 第三段."}]
+    assert [records.where(i) for i in range(3)] == [f"{path}:1", f"{path}:6", f"{path}:8"]
+    whole = load_records(path, options={"text_split": "file"})
+    assert whole == [{"text": "First paragraph,\ntwo lines.\n\n\n  \nSecond.\n\nThird 第三段."}] and whole.where(0) == f"{path}:1"
+    (tmp_path / "empty.md").write_text("\n \n", encoding="utf-8")
+    assert "no records" in error(tmp_path / "empty.md")
+    (tmp_path / "gbk.txt").write_bytes("ok\n\n你好\n".encode("gbk"))
+    assert f"{tmp_path / 'gbk.txt'}:3" in error(tmp_path / "gbk.txt")
+
+
+def test_a_folder_of_markdown_is_read_but_a_readme_beside_data_files_is_not(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nalpha\n", encoding="utf-8")
+    (docs / "b.md").write_text("beta\n", encoding="utf-8")
+    assert load_records(docs) == [{"text": "# A"}, {"text": "alpha"}, {"text": "beta"}]
+    assert load_records(docs, options={"text_split": "file"}) == [{"text": "# A\n\nalpha"}, {"text": "beta"}]
+    data = tmp_path / "dataset"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", ALPACA[:2])
+    (data / "README.md").write_text("# About this dataset\n", encoding="utf-8")
+    assert load_records(data) == ALPACA[:2]
+
+
+def _workbook(path: Path) -> Path:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    notes = book.active
+    notes.title = "Notes"
+    notes.append(["note", "date"])
+    notes.append(["made by hand", "2024-01-01"])
+    qa = book.create_sheet("QA")
+    qa.append(["question", "answer"])
+    qa.append(["What is 6*7?", 42])
+    book.save(path)
+    return path
+
+
+def test_xlsx_sheet_by_name_or_index_and_a_missing_one_lists_the_sheets(tmp_path):
+    path = _workbook(tmp_path / "book.xlsx")
+    assert load_records(path) == [{"note": "made by hand", "date": "2024-01-01"}]  # the first sheet by default
+    qa = [{"question": "What is 6*7?", "answer": "42"}]
+    assert load_records(path, options={"sheet": "QA"}) == qa
+    assert load_records(path, options={"sheet": 1}) == load_records(path, options={"sheet": "1"}) == qa
+    text = error(path, options={"sheet": "Answers"})
+    assert "no sheet 'Answers'" in text and "sheet 0 'Notes' (columns: note, date); sheet 1 'QA' (columns: question, answer)" in text
+    text = error(write_jsonl(tmp_path / "d.jsonl", ALPACA), options={"sheet": "QA"})
+    assert "no data file is an .xlsx workbook" in text
+
+
+def test_a_format_that_misses_a_column_of_a_workbook_names_its_sheets(tmp_path):
+    path = _workbook(tmp_path / "book.xlsx")
+    with pytest.raises(FtcoreError) as info:
+        load_samples(path, "alpaca", FORMATS)
+    text = str(info.value)
+    assert "missing field 'instruction'" in text
+    assert "sheet 0 'Notes' (columns: note, date); sheet 1 'QA' (columns: question, answer)" in text and "data.sheet" in text
+
+
 # -- bad input ---------------------------------------------------------------------------
 
 
@@ -162,21 +236,21 @@ def test_bad_encoding_names_line_and_byte(tmp_path, suffix):
 
 
 def test_unknown_extension_lists_supported(tmp_path):
-    path = tmp_path / "d.txt"
+    path = tmp_path / "d.docx"
     path.write_text("hello", encoding="utf-8")
     text = error(path)
-    assert "'.txt'" in text and ".jsonl" in text and ".xlsx" in text and "save_to_disk" in text
+    assert "'.docx'" in text and ".jsonl" in text and ".xlsx" in text and ".txt" in text and "save_to_disk" in text
 
 
 def test_the_file_table_drives_reading_writing_and_messages(tmp_path):
     (tmp_path / "d.ndjson").write_text('{"a": 1}\n', encoding="utf-8")  # a second suffix of the jsonl type
     assert load_records(tmp_path / "d.ndjson").where(0) == f"{tmp_path / 'd.ndjson'}:1"
-    (tmp_path / "d.md").write_text("# notes", encoding="utf-8")
-    text = error(tmp_path / "d.md")
-    assert "one {\"text\": ...} object per line" in text
+    (tmp_path / "d.markdown").write_text("# notes", encoding="utf-8")
+    text = error(tmp_path / "d.markdown")
+    assert "rename it to .md" in text
     assert all(suffix in text for t in FILE_TYPES for suffix in t.suffixes)
     assert WRITABLE == tuple(t.suffixes[0] for t in FILE_TYPES if t.write is not None)
-    for name in ("d.ndjson", "d.txt"):  # written only under a type's first suffix
+    for name in ("d.ndjson", "d.txt", "d.md"):  # written only under a type's first suffix; plain text is read only
         with pytest.raises(FtcoreError) as info:
             write_records(tmp_path / "out" / name, [{"a": 1}])
         assert all(suffix in str(info.value) for suffix in WRITABLE)

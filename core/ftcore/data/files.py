@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FtcoreError
-from .readers import Read, read_csv, read_json, read_jsonl
+from .readers import Read, read_csv, read_json, read_jsonl, read_text
 from .tables import read_parquet, read_saved_dataset, read_xlsx
 from .writers import write_csv, write_json, write_jsonl, write_parquet, write_xlsx
 
@@ -36,7 +36,10 @@ class FileType:
     per record; ``write(path, records)`` writes them (None: ftcore reads this type only);
     ``suffixes[0]`` is the suffix written; ``description`` follows the suffixes in lists
     of supported types; ``locate`` is a key of ``LOCATE``; ``header`` is True for tables
-    whose first row names the columns.
+    whose first row names the columns. ``options`` names the reading options ``read``
+    takes as keyword arguments (``sheet``, ``text_split``: ``load_records`` passes them
+    on); ``prose`` marks documents (plain text) that a folder holding data files keeps
+    as its notes (a README.md) rather than reads as data.
     """
 
     name: str
@@ -46,9 +49,13 @@ class FileType:
     description: str = ""
     locate: str = "row"
     header: bool = False
+    options: tuple[str, ...] = ()
+    prose: bool = False
 
     def where(self, path: str, pos: int, item: int) -> str:
         """Where a record came from: ``file:12``, ``file:12 (item [3])`` or ``file:row 12``."""
+        if item < 0:  # no list index: e.g. a .json file that holds JSON Lines
+            return LOCATE["line"].format(path=path, pos=pos)
         return LOCATE[self.locate].format(path=path, pos=pos, item=item)
 
     def label(self) -> str:
@@ -58,12 +65,13 @@ class FileType:
 
 
 FILE_TYPES: tuple[FileType, ...] = (
-    FileType("json", (".json",), read_json, write_json, "a list of objects", locate="item"),
+    FileType("json", (".json",), read_json, write_json, "a list of objects, or JSON Lines", locate="item"),
     FileType("jsonl", (".jsonl", ".ndjson"), read_jsonl, write_jsonl, locate="line"),
     FileType("csv", (".csv",), partial(read_csv, delimiter=","), partial(write_csv, delimiter=","), locate="line", header=True),
     FileType("tsv", (".tsv",), partial(read_csv, delimiter="\t"), partial(write_csv, delimiter="\t"), locate="line", header=True),
     FileType("parquet", (".parquet",), read_parquet, write_parquet),
-    FileType("xlsx", (".xlsx",), read_xlsx, write_xlsx, header=True),
+    FileType("xlsx", (".xlsx",), read_xlsx, write_xlsx, header=True, options=("sheet",)),
+    FileType("text", (".txt", ".md"), read_text, None, "plain text for the pretrain format", locate="line", options=("text_split",), prose=True),
 )
 #: A folder written by ``datasets``' ``save_to_disk``: known by its metadata files, not a suffix.
 SAVED_DATASET = FileType("arrow", (), read_saved_dataset, None, "a folder written by datasets' save_to_disk")
@@ -78,8 +86,8 @@ WRITABLE: tuple[str, ...] = tuple(t.suffixes[0] for t in FILE_TYPES if t.write i
 #: What to do with a file type ftcore does not read.
 UNSUPPORTED_HINTS = {
     ".xls": "open it in Excel or LibreOffice and save it as .xlsx",
-    ".txt": 'for plain pre-training text write one {"text": ...} object per line to a .jsonl file',
-    ".md": 'for plain pre-training text write one {"text": ...} object per line to a .jsonl file',
+    ".markdown": "rename it to .md (plain text for the pretrain format)",
+    ".text": "rename it to .txt (plain text for the pretrain format)",
 }
 
 

@@ -1,7 +1,8 @@
-"""Readers for text data files (.json, .jsonl, .csv, .tsv): records with the line each starts on, and errors that show the bad line and byte.
+"""Readers for text data files (.json, .jsonl, .csv, .tsv, .txt/.md): records with the line each starts on, and errors that show the bad line and byte.
 
 Each reader takes a path and returns ``(records, origins)``, one ``(line, list index)``
-origin per record (the list index is the item's position in a .json array, else 0).
+origin per record (the list index is the item's position in a .json array, else 0; -1
+for a .json file that holds JSON Lines, whose records have no list index).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def _snippet(line: str, col: int, width: int = 60) -> str:
 # -- readers ---------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> Read:
+def read_jsonl(path: Path, item: int = 0) -> Read:
+    """One object per line; ``item`` is the list index every origin gets (-1: none)."""
     records: list[dict] = []
     origins: list[tuple[int, int]] = []
     offset = 0
@@ -89,7 +91,7 @@ def read_jsonl(path: Path) -> Read:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                hint = "each line of a .jsonl file must be one complete JSON object"
+                hint = "each line of a JSON Lines file must be one complete JSON object"
                 if lineno == 1 and line.lstrip().startswith("["):
                     hint = "the file looks like a JSON array: rename it to .json, or write one object per line"
                 raise FtcoreError(
@@ -104,7 +106,7 @@ def read_jsonl(path: Path) -> Read:
                     hint='write one {"field": value, ...} object per line',
                 )
             records.append(obj)
-            origins.append((lineno, 0))
+            origins.append((lineno, item))
     return records, origins
 
 
@@ -161,6 +163,10 @@ def read_json(path: Path) -> Read:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
+            if exc.msg.startswith("Extra data") and text[pos] == "{":
+                # One object, then more: JSON Lines in a .json file (as many published datasets
+                # are); read line by line, so errors still name their line.
+                return read_jsonl(path, item=-1)
             raise _json_error(path, text, exc) from None
         raise _not_a_list(path, data)
     # Decode the array element by element to learn the line each record starts on.
@@ -235,9 +241,51 @@ def read_csv(path: Path, delimiter: str) -> Read:
     return records, origins
 
 
+def column_names(header: Sequence[Any]) -> list[str]:
+    """A header row's cells as column names (``columnN`` for a blank one)."""
+    return [str(h).strip() if h is not None and str(h).strip() else f"column{j + 1}" for j, h in enumerate(header)]
+
+
 def header_columns(path: Path, header: Sequence[Any], where: str) -> list[str]:
-    columns = [str(h).strip() if h is not None and str(h).strip() else f"column{j + 1}" for j, h in enumerate(header)]
+    columns = column_names(header)
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes:
         raise FtcoreError(f"duplicate column names in the header: {', '.join(dupes)}", where=f"{path}:{where}", hint="give every column a unique name")
     return columns
+
+
+#: What separates documents in plain text: a line with nothing but white space.
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
+TEXT_SPLITS = ("paragraph", "file")
+
+
+def read_text(path: Path, text_split: str | None = "paragraph") -> Read:
+    """Plain text (.txt, .md) as pretrain records ``{"text": ...}``: one per paragraph (documents
+    separated by blank lines, each with the line it starts on) or, with ``text_split="file"``,
+    one for the whole file. White space around a document is dropped; empty ones are skipped."""
+    text_split = text_split or "paragraph"
+    if text_split not in TEXT_SPLITS:
+        raise FtcoreError(f"text_split must be one of {', '.join(TEXT_SPLITS)}, got {text_split!r}", where=str(path))
+    raw = path.read_bytes()
+    if raw.startswith(_BOM):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError:
+        raise _locate_bad_utf8(path) from None
+    if text_split == "file":
+        return ([{"text": text.strip()}], [(1 + text[: len(text) - len(text.lstrip())].count("\n"), 0)]) if text.strip() else ([], [])
+    records: list[dict] = []
+    origins: list[tuple[int, int]] = []
+    start, line = 0, 1
+    for gap in [*_BLANK_LINE.finditer(text), None]:
+        end = gap.start() if gap is not None else len(text)
+        document = text[start:end]
+        if document.strip():
+            lead = document[: len(document) - len(document.lstrip())]
+            records.append({"text": document.strip()})
+            origins.append((line + lead.count("\n"), 0))
+        if gap is not None:
+            line += text.count("\n", start, gap.end())
+            start = gap.end()
+    return records, origins

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FtcoreError
-from .readers import Read, header_columns
+from .readers import Read, column_names, header_columns
 
 
 def _cell(value: Any) -> Any:
@@ -23,22 +23,69 @@ def _cell(value: Any) -> Any:
     return str(value)
 
 
-def read_xlsx(path: Path) -> Read:
+def _open_workbook(path: Path) -> Any:
     try:
         import openpyxl
     except ImportError:
         raise FtcoreError("reading .xlsx files needs openpyxl", where=str(path), hint="pip install 'ftcore[excel]'") from None
     try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        return openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException on damaged files
         raise FtcoreError(f"cannot read the Excel file: {type(exc).__name__}: {exc}", where=str(path), hint="open it in Excel and save it again as .xlsx") from None
+
+
+def _blank(row: tuple[Any, ...]) -> bool:
+    return all(v is None or (isinstance(v, str) and not v.strip()) for v in row)
+
+
+def _header(sheet: Any) -> list[str]:
+    """A sheet's column names: its first row that is not blank (none for an empty sheet)."""
+    for row in sheet.iter_rows(values_only=True):
+        if not _blank(row):
+            return column_names(row)
+    return []
+
+
+def sheet_columns(path: Path) -> list[tuple[str, list[str]]]:
+    """Every sheet of the workbook ``path`` with its column names, in the workbook's order."""
+    book = _open_workbook(path)
+    try:
+        return [(sheet.title, _header(sheet)) for sheet in book.worksheets]
+    finally:
+        book.close()
+
+
+def describe_sheets(sheets: list[tuple[str, list[str]]]) -> str:
+    """``sheet 0 'Notes' (columns: a, b); sheet 1 'QA' (columns: question, answer)`` for ``sheet_columns``' list."""
+    return "; ".join(f"sheet {i} {name!r} ({'columns: ' + ', '.join(columns) if columns else 'empty'})" for i, (name, columns) in enumerate(sheets))
+
+
+def _pick_sheet(book: Any, path: Path, sheet: str | int | None) -> Any:
+    """The sheet named ``sheet`` (a name, or an index counted from 0 as a number or digits); the first without one."""
+    if sheet is None:
+        return book.worksheets[0]
+    if isinstance(sheet, str) and sheet in book.sheetnames:
+        return book[sheet]
+    index = sheet if isinstance(sheet, int) else int(sheet) if isinstance(sheet, str) and sheet.strip().isdigit() else None
+    if index is not None and 0 <= index < len(book.worksheets):
+        return book.worksheets[index]
+    raise FtcoreError(
+        f"the workbook has no sheet {sheet!r}",
+        where=str(path),
+        hint=f"choose one by name or by index from 0 (data.sheet, or --sheet for `ftcore data convert`): {describe_sheets(sheet_columns(path))}",
+    )
+
+
+def read_xlsx(path: Path, sheet: str | int | None = None) -> Read:
+    """The rows of one sheet (the first, or ``sheet``: a name or an index from 0) as records, keyed by its header row."""
+    book = _open_workbook(path)
     records: list[dict] = []
     origins: list[tuple[int, int]] = []
     try:
-        sheet = book.worksheets[0]
+        chosen = _pick_sheet(book, path, sheet)
         columns: list[str] | None = None
-        for rownum, row in enumerate(sheet.iter_rows(values_only=True), 1):
-            if all(v is None or (isinstance(v, str) and not v.strip()) for v in row):
+        for rownum, row in enumerate(chosen.iter_rows(values_only=True), 1):
+            if _blank(row):
                 continue
             if columns is None:
                 columns = header_columns(path, row, f"row {rownum}")
