@@ -288,6 +288,26 @@ def test_pretraining_text_is_fully_trained_with_bos_and_eos(tok: Any) -> None:
     assert labels == ids
 
 
+def test_long_text_is_chunked_to_max_length_and_no_token_is_lost(tok: Any) -> None:
+    text = " ".join(f"word{i}" for i in range(80))
+    whole = encode_batch([{"text": text}], tok, None, 1 << 20).as_lists()[0][0]
+    out = encode_batch([{"messages": SHORT}, {"text": text}, {"text": "hi"}], tok, TEMPLATES["internlm2_chat"], 32)
+    ids, labels = out.as_lists()
+    chunks = [i for i, k in enumerate(out.indices.tolist()) if k == 1]
+    assert out.chunked == 1 and out.chunks == len(chunks) == -(-len(whole) // 32) and out.truncated == 1  # only the chat sample is cut
+    assert sum((ids[i] for i in chunks), []) == whole and all(len(ids[i]) <= 32 for i in chunks)
+    assert all(labels[i] == ids[i] for i in chunks)  # pre-training: every token trained
+    assert out.indices.tolist() == [0] + [1] * len(chunks) + [2]
+    lapped = encode_batch([{"text": text}], tok, None, 32, chunk_overlap=8)
+    lap_ids, lap_labels = lapped.as_lists()
+    assert lapped.chunks == len(lap_ids) == 1 + -(-(len(whole) - 32) // 24)
+    assert all(a[-8:] == b[:8] for a, b in zip(lap_ids, lap_ids[1:]))  # each chunk starts with the last 8 tokens before it...
+    assert all(lab[:8] == [IGNORE_INDEX] * 8 for lab in lap_labels[1:])  # ...as untrained context
+    assert [t for i, lab in zip(lap_ids, lap_labels) for t, x in zip(i, lab) if x != IGNORE_INDEX] == whole  # each token trained once
+    with pytest.raises(FtcoreError, match="chunk overlap"):
+        encode_batch([{"text": text}], tok, None, 32, chunk_overlap=32)
+
+
 def test_mixed_batch_keeps_order_and_tokenizes_each_distinct_text_once_in_one_call(tok: Any) -> None:
     calls = []
 

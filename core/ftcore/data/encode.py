@@ -321,18 +321,24 @@ class BatchPlan:
     token: np.ndarray  # per piece: the token id (when text_of is -1)
     trained: np.ndarray
     owner: np.ndarray
+    #: per sample: a text (pre-training) sample, cut into chunks rather than truncated
+    is_text: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 @dataclass
 class EncodedBatch(Encoded):
     """What :func:`encode_batch` returns: the kept samples, and what happened to the others."""
 
-    #: for each kept sample, its index in the input list
+    #: for each kept sample, its index in the input list (a chunked text's index once per chunk)
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     #: samples cut to ``max_length``
     truncated: int = 0
     #: samples left out because no trained token remained (after truncation)
     dropped: int = 0
+    #: text samples longer than ``max_length``, cut into chunks (nothing is lost)
+    chunked: int = 0
+    #: the chunks they became
+    chunks: int = 0
 
 
 def _sample_pieces(
@@ -363,8 +369,10 @@ def plan_batch(samples: Sequence[dict[str, Any]], tokenizer: Any, template: Prom
     token: list[int] = []
     trained: list[bool] = []
     owner: list[int] = []
+    is_text = np.zeros(len(samples), bool)
     bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id  # slow attribute lookups: once per batch
     for i, sample in enumerate(samples):
+        is_text[i] = "messages" not in sample
         try:
             pieces = _sample_pieces(sample, tokenizer, template, system, bos_id, eos_id)
         except RecordError as exc:
@@ -381,15 +389,31 @@ def plan_batch(samples: Sequence[dict[str, Any]], tokenizer: Any, template: Prom
             trained.append(bool(is_trained))
             owner.append(i)
     return BatchPlan(
-        len(samples), list(texts), np.asarray(text_of, np.int64), np.asarray(token, np.int64), np.asarray(trained, bool), np.asarray(owner, np.int64)
+        len(samples), list(texts), np.asarray(text_of, np.int64), np.asarray(token, np.int64), np.asarray(trained, bool), np.asarray(owner, np.int64), is_text
     )
 
 
-def assemble(plan: BatchPlan, encoded: list[list[int]], max_length: int) -> EncodedBatch:
-    """Lay the pieces' tokens out per sample, mask the untrained ones, cut to ``max_length``
-    and leave out samples with no trained token; numpy throughout (no loop over tokens)."""
+def _windows(sample_len: np.ndarray, chunked: np.ndarray, max_length: int, overlap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pieces each sample keeps: ``(sample, start, length)`` per piece. A sample is cut to its
+    first ``max_length`` tokens, or, where ``chunked``, into windows of ``max_length`` that start
+    every ``max_length - overlap`` tokens until its end."""
+    stride = max_length - overlap
+    count = np.ones(len(sample_len), np.int64)
+    count[chunked] += -(-(sample_len[chunked] - max_length) // stride)  # ceil division
+    sample = np.repeat(np.arange(len(sample_len)), count)
+    start = (np.arange(len(sample)) - offsets(count)[:-1][sample]) * stride
+    return sample, start, np.minimum(sample_len[sample] - start, max_length)
+
+
+def assemble(plan: BatchPlan, encoded: list[list[int]], max_length: int, overlap: int = 0) -> EncodedBatch:
+    """Lay the pieces' tokens out per sample, mask the untrained ones, cut chat samples to
+    ``max_length`` and text samples into chunks of it (``overlap`` tokens shared by neighbours,
+    trained only in the first), and leave out samples with no trained token; numpy throughout
+    (no loop over tokens)."""
     if max_length < 1:
         raise FtcoreError(f"max_length must be at least 1, got {max_length}", where="data.max_length")
+    if not 0 <= overlap < max_length:
+        raise FtcoreError(f"the chunk overlap must be at least 0 and less than max_length {max_length}, got {overlap}", where="data.chunk_overlap")
     text_len = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
     text_start = offsets(text_len)
     is_text = plan.text_of >= 0
@@ -406,19 +430,27 @@ def assemble(plan: BatchPlan, encoded: list[list[int]], max_length: int) -> Enco
     token_trained = np.repeat(plan.trained, piece_len)
     sample_len = np.bincount(plan.owner, weights=piece_len, minlength=plan.num_samples).astype(np.int64)
     sample_start = offsets(sample_len)[:-1]
-    kept_len = np.minimum(sample_len, max_length)
-    token_owner = np.repeat(np.arange(plan.num_samples), sample_len)
-    in_length = np.arange(total) - sample_start[token_owner] < max_length
-    trained_count = np.bincount(token_owner[in_length & token_trained], minlength=plan.num_samples)
-    keep_sample = trained_count > 0
-    keep = in_length & keep_sample[token_owner]
+    long = sample_len > max_length
+    chunked = long & (plan.is_text if len(plan.is_text) == plan.num_samples else False)
+    owner, start, length = _windows(sample_len, chunked, max_length, overlap)
+    # every kept token's index in ``ids``, window by window; overlap tokens (a window's first
+    # ``overlap`` after the first window) are context, trained in the window before
+    within = np.arange(int(length.sum())) - np.repeat(offsets(length)[:-1], length)
+    take = np.repeat(sample_start[owner] + start, length) + within
+    trained = token_trained[take] & ~((within < overlap) & np.repeat(start > 0, length))
+    window_trained = np.bincount(np.repeat(np.arange(len(owner)), length)[trained], minlength=len(owner))
+    keep_window = window_trained > 0
+    keep = np.repeat(keep_window, length)
+    kept_samples = np.bincount(owner[keep_window], minlength=plan.num_samples) > 0
     return EncodedBatch(
-        tokens=ids[keep].astype(np.int32),
-        labels=np.where(token_trained, ids, IGNORE_INDEX)[keep].astype(np.int32),
-        lengths=kept_len[keep_sample],
-        indices=np.flatnonzero(keep_sample),
-        truncated=int((sample_len > max_length).sum()),
-        dropped=int((~keep_sample).sum()),
+        tokens=ids[take][keep].astype(np.int32),
+        labels=np.where(trained, ids[take], IGNORE_INDEX)[keep].astype(np.int32),
+        lengths=length[keep_window],
+        indices=owner[keep_window],
+        truncated=int((long & ~chunked).sum()),
+        dropped=int((~kept_samples).sum()),
+        chunked=int(chunked.sum()),
+        chunks=int(np.isin(owner[keep_window], np.flatnonzero(chunked)).sum()),
     )
 
 
@@ -428,6 +460,7 @@ def encode_batch(
     template: PromptTemplate | None,
     max_length: int,
     system: str | None = None,
+    chunk_overlap: int = 0,
 ) -> EncodedBatch:
     """Token ids and labels for a batch of canonical samples.
 
@@ -438,9 +471,13 @@ def encode_batch(
     ``every_turn`` before every turn, ``none`` nowhere (nor when the tokenizer has no
     BOS). Text samples (``text``) are pre-training data: BOS (if the tokenizer has one) +
     text + EOS (if it has one), every token trained, no template. Every distinct text piece
-    of the batch is tokenised once, in one tokenizer call. Samples longer than ``max_length``
-    are cut (counted in ``truncated``); samples left with no trained token are left out
-    (counted in ``dropped``); ``indices`` maps kept samples back to ``samples``.
+    of the batch is tokenised once, in one tokenizer call. Chat samples longer than
+    ``max_length`` are cut (counted in ``truncated``); longer text samples become several
+    samples of up to ``max_length`` tokens, the next starting where one ends (or
+    ``chunk_overlap`` tokens before, as untrained context), so no text is lost (counted in
+    ``chunked`` and ``chunks``); samples left with no trained token are left out (counted
+    in ``dropped``); ``indices`` maps kept samples back to ``samples`` (a chunked one's once
+    per chunk).
     """
     plan = plan_batch(samples, tokenizer, template, system)
-    return assemble(plan, tokenize(tokenizer, plan.texts), max_length)
+    return assemble(plan, tokenize(tokenizer, plan.texts), max_length, chunk_overlap)

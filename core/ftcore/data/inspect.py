@@ -92,6 +92,8 @@ def show_cmd(ctx: click.Context, recipe_ref: str, overrides: tuple[str, ...], co
         f"dropped by the format: {report.dropped_by_format}; malformed records skipped: {report.skipped}",
         markup=False,
     )
+    if report.chunked:
+        out.print(report.chunk_text(), markup=False)
     rows = f"{report.rows} rows of up to {packed.max_length} tokens" if recipe["data"]["pack"] else f"{report.rows} rows (one sample each, padded to the longest in a batch)"
     out.print(f"packing efficiency {report.efficiency:.1%} ({rows})" + (" [cached]" if report.cached else ""), markup=False)
 
@@ -117,21 +119,22 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
     (``ftcore data check``, ``ftcore run --dry-run``); False when a record has a problem. Without
     ``encode`` (no tokenizer yet) the records are read and formatted only."""
     from .apply import detect_format
-    from .load import load_records
+    from .load import load_records, read_options, sheets_explained, sheets_note
     from .pipeline import DataReport, RecordProblem, data_paths, encode_and_pack, find_format_problems
 
     data_cfg, seed = recipe["data"], recipe["train"]["seed"]
     out.print(f"checking {_data_line(recipe)}", markup=False)
     try:
-        records = load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed)
+        records = load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed, options=read_options(data_cfg))
     except FtcoreError as exc:  # a file that cannot be read as records stops at its first bad line
         out.print("[red]✗ cannot read the data[/red] (reading stops at the first unreadable line of a file):")
         out.print(f"  {exc}", markup=False)
         return False
     name = data_cfg["format"]
-    if name == "auto":
-        name = detect_format(records, parts.formats)
-    samples, fmt_report, problems = find_format_problems(records, parts.formats.get(name))
+    with sheets_explained(records):
+        if name == "auto":
+            name = detect_format(records, parts.formats)
+        samples, fmt_report, problems = find_format_problems(records, parts.formats.get(name))
     if not encode:
         out.print(f"records {len(records)}, format {name}; not encoded: the model and its tokenizer are created when the run starts", markup=False)
         for problem in problems:
@@ -157,6 +160,8 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
         out.print(f"  dropped by the format on purpose (e.g. <nooutput>): {report.dropped_by_format} ({', '.join(fmt_report.dropped_at)}{more})", markup=False)
     out.print(f"samples {report.samples}, tokens {report.tokens} ({report.trained_tokens} trained)", markup=False)
     out.print(f"  truncated to max_length {data_cfg['max_length']}: {report.truncated}; dropped with no trained token: {report.dropped_empty}", markup=False)
+    if report.chunked:
+        out.print(f"  {report.chunk_text()}", markup=False)
     if packed is not None:
         out.print(f"  {report.rows} row(s), packing efficiency {report.efficiency:.1%}", markup=False)
     if problems:
@@ -165,6 +170,9 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
             out.print(f"  - {problem}", markup=False)
         hint = "fix them, or set data.on_error=skip to train without them" if not encode_problems else "fix them (records the template cannot encode stop a run even with data.on_error=skip)"
         out.print(f"  {hint}", markup=False)
+        note = sheets_note(records)
+        if note:
+            out.print(f"  {note}", markup=False)
         return False
     if report.truncated or report.dropped_empty:
         out.print(f"[yellow]! every record is well-formed, but {report.truncated} sample(s) lose tokens past max_length and {report.dropped_empty} are dropped with no trained token[/yellow]")

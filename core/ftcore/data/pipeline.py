@@ -18,7 +18,7 @@ from ..errors import FtcoreError
 from .encode import EncodedBatch
 from .pack import Encoded, PackedData, pack
 
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 #: Sample keys (besides the text) carried from records into batches: an image path, a
 #: preference pair's side and pair number (see :mod:`ftcore.data.pairs`).
 CARRIED_KEYS = ("image", "side", "pair")
@@ -38,6 +38,9 @@ class DataReport:
     skipped: int = 0
     skipped_where: list[str] = field(default_factory=list)
     truncated: int = 0
+    #: long texts (pre-training) cut into ``chunks`` samples of up to max_length, no token lost
+    chunked: int = 0
+    chunks: int = 0
     dropped_empty: int = 0
     samples: int = 0
     rows: int = 0
@@ -54,10 +57,15 @@ class DataReport:
             parts.append(f"{self.skipped} bad records skipped ({', '.join(self.skipped_where[:5])}{', ...' if self.skipped > 5 else ''})")
         if self.truncated:
             parts.append(f"{self.truncated} truncated")
+        if self.chunked:
+            parts.append(self.chunk_text())
         if self.dropped_empty:
             parts.append(f"{self.dropped_empty} dropped with no trained token")
         parts.append(f"packing efficiency {self.efficiency:.1%}")
         return ", ".join(parts)
+
+    def chunk_text(self) -> str:
+        return f"{self.chunked} long text(s) split into {self.chunks} chunks of up to max_length (nothing lost)"
 
 
 def split_config(data_cfg: dict[str, Any], split: str) -> dict[str, Any]:
@@ -110,7 +118,8 @@ def cache_key(data_cfg: dict[str, Any], tokenizer: Any, template: Any, fmt: str,
         _hash_path(h, path)
     h.update(tokenizer_fingerprint(tokenizer).encode())
     h.update(repr(template).encode())
-    settings = {k: data_cfg.get(k) for k in ("max_length", "pack", "shuffle", "max_samples", "on_error", "system", "eval_ratio", "split")}
+    settings = {k: data_cfg.get(k) for k in ("max_length", "pack", "shuffle", "max_samples", "on_error", "system", "eval_ratio", "split",
+                                              "sheet", "text_split", "chunk_overlap")}
     h.update(json.dumps({**settings, "format": fmt, "seed": seed, "extra": extra}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
@@ -181,7 +190,7 @@ def _encode_located(samples: Any, offset: int, tokenizer: Any, template: Any, da
     from .records import where_of
 
     try:
-        out = encode_batch(samples, tokenizer, template, data_cfg["max_length"], system=data_cfg["system"])
+        out = encode_batch(samples, tokenizer, template, data_cfg["max_length"], system=data_cfg["system"], chunk_overlap=data_cfg.get("chunk_overlap") or 0)
         out.indices = out.indices + offset
         return [out]
     except RecordError as exc:
@@ -229,7 +238,7 @@ def _encode_overlapped(samples: Any, tokenizer: Any, template: Any, data_cfg: di
     outs: list[EncodedBatch] = []
 
     def finish(start: int, plan: Any, future: Any) -> None:
-        outs.append(assemble(plan, future.result(), max_length))
+        outs.append(assemble(plan, future.result(), max_length, data_cfg.get("chunk_overlap") or 0))
         outs[-1].indices += start
 
     pending: tuple[int, Any, Any] | None = None
@@ -267,6 +276,8 @@ def encode_all(
                 chunk = samples.subset(range(start, min(start + ENCODE_CHUNK, len(samples)))) if hasattr(samples, "subset") else samples[start : start + ENCODE_CHUNK]
                 outs += _encode_located(chunk, start, tokenizer, template, data_cfg, problems)
     report.truncated += sum(o.truncated for o in outs)
+    report.chunked += sum(o.chunked for o in outs)
+    report.chunks += sum(o.chunks for o in outs)
     report.dropped_empty += sum(o.dropped for o in outs)
     kept = np.concatenate([o.indices for o in outs]).tolist() if outs else []
     keys = [k for k in CARRIED_KEYS if any(k in s for s in samples)]
@@ -295,17 +306,19 @@ def build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template:
 
 def _build_data(data_cfg: dict[str, Any], formats: Any, tokenizer: Any, template: Any, seed: int, log: Callable[[str], None]) -> tuple[PackedData, DataReport]:
     from .apply import apply_format, detect_format
-    from .load import load_records
+    from .load import load_records, read_options, sheets_explained
 
     report = DataReport()
-    records = take_split(load_records([str(p) for p in data_paths(data_cfg)], max_samples=data_cfg["max_samples"], seed=seed), data_cfg, seed)
+    paths = [str(p) for p in data_paths(data_cfg)]
+    records = take_split(load_records(paths, max_samples=data_cfg["max_samples"], seed=seed, options=read_options(data_cfg)), data_cfg, seed)
     report.records = len(records)
     fmt = data_cfg["format"]
-    if fmt == "auto":
-        fmt = detect_format(records, formats)
-        log(f"data format detected: {fmt} (set data.format to choose it yourself)")
-    report.format = fmt
-    samples, fmt_report = apply_format(records, formats.get(fmt), on_error=data_cfg["on_error"])
+    with sheets_explained(records):
+        if fmt == "auto":
+            fmt = detect_format(records, formats)
+            log(f"data format detected: {fmt} (set data.format to choose it yourself)")
+        report.format = fmt
+        samples, fmt_report = apply_format(records, formats.get(fmt), on_error=data_cfg["on_error"])
     report.dropped_by_format = fmt_report.dropped
     report.skipped = fmt_report.skipped
     report.skipped_where = list(fmt_report.problems)
