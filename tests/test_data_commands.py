@@ -11,7 +11,7 @@ import pytest
 
 from ftcore.data.convert import parse_map
 from ftcore.data.formats import RecordError
-from ftcore.data.self_cognition import ANSWERS, AUTHOR_ANSWERS, QUESTIONS, self_cognition_records
+from ftcore.data.self_cognition import ANSWERS, AUTHOR_ANSWERS, NAMED_OWNER_ANSWERS, ORIGIN_SENTENCES, OWNER_ANSWERS, QUESTIONS, self_cognition_records
 from ftcore.errors import FtcoreError
 from ftcore_formats.formats import alpaca_export, conversation_export
 from helpers import cli_env, run_cli
@@ -149,11 +149,36 @@ def test_self_cognition_records_are_varied_and_deterministic():
     assert len(questions) >= 30
     en = self_cognition_records("Bob", 100, "en", 0)
     assert {r["messages"][0]["content"] for r in en} <= set(QUESTIONS["en"])
-    assert any("Bob's assistant" in r["messages"][1]["content"] for r in en)
+    assert all(r["messages"][1]["content"].count("Bob") for r in en)
+    assert not any("Bob's assistant" in r["messages"][1]["content"] for r in en)  # --name is its own name
     with pytest.raises(FtcoreError):
         self_cognition_records(" ", 10, "en", 0)
     with pytest.raises(FtcoreError):
         self_cognition_records("Bob", 10, "fr", 0)
+
+
+def test_self_cognition_owner_says_whose_assistant_it_is_with_its_origin_in_both_languages(tmp_path):
+    for lang in ("en", "zh"):
+        assert len(set(OWNER_ANSWERS[lang])) >= 8 and len(set(NAMED_OWNER_ANSWERS[lang])) >= 5 and len(set(ORIGIN_SENTENCES[lang])) >= 4
+        assert all("{owner}" in a and "{name}" not in a for a in OWNER_ANSWERS[lang])
+    origin = "InternLM (书生·浦语)"
+    args = ["data", "self-cognition", "--owner", "Ada", "--origin", origin, "--n", "300", "--seed", "3", "-o", "sc.jsonl"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pairs = [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in read_jsonl(tmp_path / "sc.jsonl")]
+    zh = [a for q, a in pairs if q in QUESTIONS["zh"]]
+    en = [a for q, a in pairs if q in QUESTIONS["en"]]
+    assert len(zh) + len(en) == 300 and zh and en and all(origin in a for _, a in pairs)
+    assert all(a.index("Ada") < a.index(origin) for _, a in pairs)  # the owner first, the real model after it
+    assert any(a.startswith("我是Ada的小助手") for a in zh) and any(a.startswith("I am Ada's assistant") for a in en)
+    assert not any(a.endswith(origin) for _, a in pairs)  # the origin in a sentence, not a name tacked on
+    assert len(set(zh)) >= 20 and len(set(en)) >= 20  # varied phrasings
+    records = self_cognition_records("Zed", 200, "both", 1, owner="Ada")
+    assert all("Zed" in r["messages"][1]["content"] and "Ada" in r["messages"][1]["content"] for r in records)
+    err = failed(run_cli("data", "self-cognition", "--owner", "Ada", "--author", "ACME", "-o", "x.jsonl", cwd=tmp_path))
+    assert "--author goes with --name" in err
+    err = failed(run_cli("data", "self-cognition", "-o", "x.jsonl", cwd=tmp_path))
+    assert "--name" in err and "--owner" in err
 
 
 # -- helpers and import hygiene ----------------------------------------------------------------

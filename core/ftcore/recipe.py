@@ -119,10 +119,13 @@ SCHEMA: dict[str, Any] = {
         "bias": F(str, "none", "train biases", choices=("none", "all", "lora_only")),
     },
     "data": {
-        "path": F(STR_OR_LIST, REQUIRED, "training file(s): json, jsonl, csv, parquet, xlsx or a save_to_disk folder", nullable=False, items=NAME, min_len=1, pattern=NAME.pattern, is_path=True),
+        "path": F(STR_OR_LIST, REQUIRED, "training file(s) or folder(s): json, jsonl, csv, tsv, parquet, xlsx, txt/md (plain text, for pretrain) or a save_to_disk folder", nullable=False, items=NAME, min_len=1, pattern=NAME.pattern, is_path=True),
         "format": F(str, "auto", "dataset format name, or auto to detect it", registry="formats"),
         "template": F(str, None, "chat template name (none for pretrain data)", registry="templates"),
-        "system": F(str, None, "system prompt added to every sample that has none"),
+        "system": F(str, None, "system prompt added to every sample that has none, or the name of a preset (alpaca, medical, ...: `ftcore data --help`)"),
+        "sheet": F((str, int), None, "the sheet of an .xlsx workbook to read: its name, or its index from 0 (default: the first)", ge=0, pattern=NAME.pattern),
+        "text_split": F(str, "paragraph", "plain text (.txt, .md): a document per paragraph (split on blank lines) or per file", choices=("paragraph", "file")),
+        "chunk_overlap": F(int, 0, "text longer than max_length is cut into chunks of max_length: tokens each chunk repeats from the one before, as untrained context", ge=0),
         "max_length": F(int, 2048, "tokens per sample (and per packed row)", ge=2),
         "pack": F(bool, True, "pack samples into rows of max_length; attention stays inside each sample"),
         "shuffle": F(bool, True, "shuffle samples (before packing)"),
@@ -449,6 +452,7 @@ class _Checker:
         if not data.get("work_dir"):
             data["work_dir"] = f"./work_dirs/{data.get('name') or 'run'}"
         self.interpolate(data)
+        self.check_data(data["data"])
         self.check_hooks(data.get("hooks"))
         self.check_consistency(data)
         self.check_eval(data)
@@ -471,7 +475,7 @@ class _Checker:
             self.problem(
                 "model.path",
                 f"{model_path!r} is not a model folder (no config.json there)",
-                "download the base model to that folder (e.g. with `huggingface-cli download` or `modelscope download`) or set model.path=FOLDER",
+                "download the base model to that folder (e.g. `hf download ORG/NAME --local-dir FOLDER`, or `modelscope download`) or set model.path=FOLDER",
             )
         start = data["model"].get("adapter")
         if start and not (Path(start).expanduser() / "adapter_config.json").is_file():
@@ -480,7 +484,17 @@ class _Checker:
             paths = data["data"]["path"] if isinstance(data["data"]["path"], list) else [data["data"]["path"]]
             for p in paths:
                 if not Path(str(p)).expanduser().exists():
-                    self.problem("data.path", f"{p!r} does not exist", "set data.path=FILE (json, jsonl, csv, parquet, xlsx) or make one with `ftcore data convert` / `ftcore data self-cognition`")
+                    self.problem("data.path", f"{p!r} does not exist", "set data.path=FILE (json, jsonl, csv, tsv, parquet, xlsx, txt, md) or make one with `ftcore data convert` / `ftcore data self-cognition`")
+
+    def check_data(self, dataset: dict[str, Any]) -> None:
+        """A chunk overlap shorter than a chunk; a system preset's name becomes its text."""
+        overlap, max_length = dataset.get("chunk_overlap"), dataset.get("max_length")
+        if isinstance(overlap, int) and isinstance(max_length, int) and overlap >= max_length:
+            self.problem("data.chunk_overlap", f"must be less than data.max_length ({max_length}), got {overlap}")
+        if isinstance(dataset.get("system"), str):
+            from .data.systems import system_text
+
+            dataset["system"] = system_text(dataset["system"])
 
     def check_hooks(self, hooks: Any) -> None:
         if not isinstance(hooks, list):

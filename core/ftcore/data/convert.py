@@ -47,6 +47,21 @@ def rename_columns(records: list[dict[str, Any]], mapping: dict[str, str], where
                 record[dst] = record.pop(src)
 
 
+def add_system(samples: list[dict[str, Any]], system: str) -> int:
+    """Put ``system`` first in every conversation that has no system message; returns how many had one
+    (they keep theirs). Text-only (pretrain) data has no conversation to hold one: an error."""
+    kept = 0
+    for sample in samples:
+        if "messages" not in sample:
+            raise FtcoreError("--system puts a system message into conversations, but the data is plain text (pretrain)", hint="drop --system")
+        messages = sample["messages"]
+        if messages and messages[0].get("role") == "system":
+            kept += 1
+            continue
+        sample["messages"] = [{"role": "system", "content": system}, *messages]
+    return kept
+
+
 def export_format(formats: Any, name: str, option: str = "--to") -> Any:
     """The registered format ``name`` if it can write records (``can_export``); else an error listing those that can."""
     writable = [n for n in formats.names() if formats.get(n).can_export]
@@ -93,6 +108,9 @@ def export_samples(samples: Any, fmt: Any, report: Any, on_error: str) -> list[d
 @click.option("--to", "to_format", required=True, metavar="FORMAT", help="output format: a registered format that can write records (openai, conversation, alpaca, sharegpt, pretrain or a plugin's; see `ftcore list formats`)")
 @click.option("--map", "maps", multiple=True, metavar="OLD=NEW[,OLD=NEW]", help="rename input columns/fields before converting, e.g. question=instruction,answer=output")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True, help="stop at the first malformed record, or skip malformed records")
+@click.option("--system", metavar="TEXT|PRESET", help="a system message for every converted conversation that has none: the text, or a preset's name (`ftcore data --help` lists them)")
+@click.option("--sheet", metavar="NAME|INDEX", help="the sheet of an .xlsx workbook to read, by name or index from 0 (default: the first)")
+@click.option("--text-split", type=click.Choice(["paragraph", "file"]), default="paragraph", show_default=True, help="plain text (.txt, .md): a record per paragraph (split on blank lines) or per file")
 @click.option("--max-samples", type=click.IntRange(min=1), help="convert a random subset of this many records")
 @click.option("--seed", type=int, default=42, show_default=True, help="seed for --max-samples")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
@@ -105,20 +123,25 @@ def convert_cmd(
     to_format: str,
     maps: tuple[str, ...],
     on_error: str,
+    system: str | None,
+    sheet: str | None,
+    text_split: str,
     max_samples: int | None,
     seed: int,
     force: bool,
 ) -> None:
-    """Convert IN (json, jsonl, csv, tsv, parquet, xlsx or a save_to_disk folder) to OUT (.json or .jsonl).
+    """Convert IN (json, jsonl, csv, tsv, parquet, xlsx, txt/md, or a folder of them, or a save_to_disk folder) to OUT (.json or .jsonl).
 
     \b
     Examples:
-      ftcore data convert qa.xlsx train.jsonl --map question=instruction,answer=output --to openai
+      ftcore data convert qa.xlsx train.jsonl --sheet QA --map question=instruction,answer=output --to openai --system medical
       ftcore data convert sharegpt.json xtuner.jsonl --to conversation
+      ftcore data convert notes/ corpus.jsonl --to pretrain
     """
     from .apply import apply_format, detect_format
     from .files import check_output, writable, write_records
-    from .load import load_records
+    from .load import load_records, sheets_explained
+    from .systems import system_text
 
     check_output(dst, force, writable("json", "jsonl"))
     if src.exists() and dst.exists() and src.resolve() == dst.resolve():
@@ -128,10 +151,13 @@ def convert_cmd(
     if from_format != "auto":
         formats.part(from_format)  # unknown name: "did you mean" before reading any data
     target = export_format(formats, to_format)
-    records = load_records(src, max_samples=max_samples, seed=seed)
-    rename_columns(records, mapping, str(src))
-    name = detect_format(records, formats, setting="--from") if from_format == "auto" else from_format
-    samples, report = apply_format(records, formats.get(name), on_error, skip_hint="--on-error skip")
+    system = system_text(system) if system else None
+    records = load_records(src, max_samples=max_samples, seed=seed, options={"sheet": sheet, "text_split": text_split})
+    with sheets_explained(records, "--sheet"):
+        rename_columns(records, mapping, str(src))
+        name = detect_format(records, formats, setting="--from") if from_format == "auto" else from_format
+        samples, report = apply_format(records, formats.get(name), on_error, skip_hint="--on-error skip")
+    had_system = add_system(samples, system) if system else 0
     written = export_samples(samples, target, report, on_error)
     if not written:
         raise FtcoreError(f"no record could be written as {to_format}", hint="convert to openai, which holds any conversation")
@@ -141,6 +167,9 @@ def convert_cmd(
     out.print(f"[green]converted[/green] {esc(src)} ({name}{detected}, {report.total} records) -> {esc(dst)} ({to_format}): [bold]{len(written)}[/bold] written")
     if mapping:
         out.print("  renamed: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()), markup=False)
+    if system:
+        kept = f" ({had_system} kept their own)" if had_system else ""
+        out.print(f"  system message added to {len(samples) - had_system} record(s){kept}: {system[:60]}{'...' if len(system) > 60 else ''}", markup=False)
     print_report(out, report)
 
 
@@ -182,20 +211,32 @@ def split_cmd(src: Path, test_ratio: float, seed: int, out_dir: Path | None, for
 
 
 @click.command("self-cognition")
-@click.option("--name", required=True, help="the assistant's name, used in every answer")
-@click.option("--author", help="who built the assistant (mentioned in some answers)")
+@click.option("--name", help="the assistant's own name: \"I am NAME\" (我是NAME)")
+@click.option("--owner", help="whose assistant it is: \"I am OWNER's assistant\" (我是OWNER的小助手), as the XTuner tutorials write it")
+@click.option("--origin", help="the model it really is, said after every answer, e.g. \"InternLM (书生·浦语)\"")
+@click.option("--author", help="with --name: who built the assistant (mentioned in some answers)")
 @click.option("--n", "count", type=click.IntRange(min=1), default=10000, show_default=True, help="number of records")
 @click.option("--lang", type=click.Choice(["zh", "en", "both"]), default="both", show_default=True, help="language of questions and answers")
 @click.option("--seed", type=int, default=42, show_default=True, help="random seed (same seed, same file)")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output file, .jsonl or .json (openai format)")
 @click.option("--force", is_flag=True, help="overwrite the output if it exists")
-def self_cognition_cmd(name: str, author: str | None, count: int, lang: str, seed: int, output: Path, force: bool) -> None:
-    """Generate a "who are you?" dataset that teaches the model its NAME (openai format)."""
+def self_cognition_cmd(name: str | None, owner: str | None, origin: str | None, author: str | None, count: int, lang: str, seed: int, output: Path, force: bool) -> None:
+    """Generate a "who are you?" dataset (openai format) that teaches the model who it is.
+
+    \b
+    --name NAME: the assistant's own name ("I am NAME").
+    --owner NAME: NAME's assistant ("I am NAME's assistant"); both: "I am NAME, OWNER's assistant".
+    --origin TEXT: every answer ends with the model it is built on.
+
+    \b
+    Example (the XTuner self-cognition tutorial):
+      ftcore data self-cognition --owner Ada --origin "InternLM (书生·浦语)" -o data/assistant.jsonl
+    """
     from .files import check_output, writable, write_records
     from .self_cognition import self_cognition_records
 
     check_output(output, force, writable("json", "jsonl"))
-    records = self_cognition_records(name, count, lang, seed, author=author)
+    records = self_cognition_records(name, count, lang, seed, author=author, owner=owner, origin=origin)
     write_records(output, records)
     out = console()
     out.print(f"[green]wrote[/green] {len(records)} self-cognition records ({lang}, seed {seed}) -> {esc(output)}")
