@@ -76,8 +76,10 @@ def register_commands(cli) -> None:
     # Each module imports only click at load time; commands import what they need when run.
     from .chat.commands import add_chat_commands
     from .data.commands import data
+    from .evaluate.commands import eval_cmd
     from .train.plot import plot_cmd
 
     cli.add_command(data)
     cli.add_command(plot_cmd)
+    cli.add_command(eval_cmd)
     add_chat_commands(cli)
