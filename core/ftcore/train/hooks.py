@@ -162,7 +162,7 @@ class EvaluateChat(TrainingHook):
 
 
 class TensorBoard(TrainingHook):
-    """Write loss, learning rate and throughput to TensorBoard (``pip install 'ftcore[tensorboard]'``)."""
+    """Write every step metric (loss, learning rate, throughput, an objective's rewards) to TensorBoard (``pip install 'ftcore[tensorboard]'``)."""
 
     order = 100  # after the hooks that add metrics
 
@@ -178,10 +178,10 @@ class TensorBoard(TrainingHook):
         self.writer = SummaryWriter(str(ctx.work_dir / "tensorboard"))
 
     def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None:
-        if ctx.is_main:
-            for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
-                if key in metrics:
-                    self.writer.add_scalar(f"train/{key}", metrics[key], ctx.step)
+        if ctx.is_main:  # every number the step reported: loss, lr, throughput, an objective's rewards, ...
+            for key, value in metrics.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"train/{key}", value, ctx.step)
 
     def after_train(self, ctx: RunContext) -> None:
         if ctx.is_main:
