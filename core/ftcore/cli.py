@@ -46,6 +46,12 @@ def _list(app: App, kind: str | None, pattern: str | None, as_json: bool) -> Non
     from rich.table import Table
 
     out = console()
+    if pattern:  # only the categories with a match
+        kinds = [k for k in kinds if any(r["kind"] == k for r in rows)]
+        if not kinds:
+            where = kind or "any category"
+            out.print(f"nothing matches {pattern!r} (in the names and descriptions of {where})", markup=False)
+            return
     for k in kinds:
         table = Table(title=k, title_justify="left", show_edge=False)
         for col in ("name", "plugin", "description"):

@@ -129,7 +129,7 @@ class EvaluateChat(TrainingHook):
         self.prompts, self.every, self.max_new_tokens, self.system = list(prompts), every, max_new_tokens, system
 
     def before_train(self, ctx: RunContext) -> None:
-        self._evaluate(ctx, "before training")
+        self._evaluate(ctx, "before training" if ctx.step == 0 else f"resumed at step {ctx.step}")
 
     def after_step(self, ctx: RunContext, metrics: dict[str, Any]) -> None:
         every = self.every

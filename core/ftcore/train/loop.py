@@ -128,6 +128,7 @@ class Trainer:
         self.log_every = max(1, train["log_every"])
         self.eval_every, self.keep_best = train.get("eval_every", 0), train.get("keep_best")
         self.saved_at: int | None = None  # the step of the last checkpoint the loop wrote
+        self.stop_signal: int | None = None  # the signal that stopped the run, if one did
         self.row_lengths = ctx.data.row_lengths()
 
     def _autocast(self) -> Any:
@@ -265,6 +266,7 @@ class Trainer:
                             mark_best(ctx.work_dir, folder, best)
                             prune(ctx.work_dir, ctx.recipe["train"]["save_total_limit"])  # the previous best may go now
                 if stop.signum:
+                    self.stop_signal = stop.signum  # the run's exit status says which: 130 (Ctrl-C) or 143 (SIGTERM)
                     return "stopped"
                 timer = time.perf_counter()
         return "done"
@@ -277,16 +279,23 @@ class Trainer:
 
 
 class _Progress:
-    """A rich progress bar on terminals; plain log lines otherwise (main process only)."""
+    """A rich progress bar on terminals. Elsewhere (a log file) a plain line every ``train.log_every``
+    steps, and at this run's first and last: the time of day, the step, the metrics, a smoothed
+    tokens/s, the time elapsed and the time left (main process only)."""
+
+    #: weight of the newest step in the smoothed tokens/s (about the last 10 steps count)
+    SMOOTHING = 0.1
 
     def __init__(self, ctx: RunContext, shown: tuple[str, ...] = ()) -> None:
         self.ctx, self.shown = ctx, shown
         self.bar: Any = None
         self.every = max(1, ctx.recipe["train"]["log_every"])
+        self.rate: float | None = None
 
     def __enter__(self) -> "_Progress":
         import sys
 
+        self.started, self.first_step = time.monotonic(), self.ctx.step  # a resumed run times its own steps
         if self.ctx.is_main and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -298,16 +307,30 @@ class _Progress:
     def update(self, m: dict[str, Any]) -> None:
         if not self.ctx.is_main:
             return
+        rate = m["tokens_per_s"]
+        self.rate = rate if self.rate is None else (1 - self.SMOOTHING) * self.rate + self.SMOOTHING * rate
         shown = "".join(f" {name.rsplit('/', 1)[-1]} {m[name]:.3g}" for name in self.shown if name in m)
-        info = f"epoch {m['epoch']:.2f} loss {m['loss']:.4f}{shown} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s{_gpu_memory()}"
+        head = f"epoch {m['epoch']:.2f} loss {m['loss']:.4f}{shown} lr {m['lr']:.2e}"
         if self.bar:
-            self.bar.update(self.task, completed=m["step"], info=info)
-        elif m["step"] % self.every == 0 or m["step"] == self.ctx.total_steps:
-            print(f"step {m['step']}/{self.ctx.total_steps} {info}", flush=True)
+            self.bar.update(self.task, completed=m["step"], info=f"{head} {rate:.0f} tok/s{_gpu_memory()}")
+            return
+        step, total = m["step"], self.ctx.total_steps
+        if step % self.every and step != total and step != self.first_step + 1:
+            return
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / max(step - self.first_step, 1) * (total - step)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} step {step}/{total} {head} {self.rate:.0f} tok/s{_gpu_memory()} elapsed {self.clock(elapsed)} eta {self.clock(eta)}", flush=True)
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar:
             self.bar.stop()
+
+    @staticmethod
+    def clock(seconds: float) -> str:
+        """``H:MM:SS``."""
+        minutes, secs = divmod(int(round(seconds)), 60)
+        return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _gpu_memory() -> str:

@@ -90,6 +90,7 @@ class Run:
         self.ctx = RunContext(recipe, self.work_dir)
         self.hooks = make_hooks(recipe, parts)
         self.resume_from: Path | None = None
+        self.stop_signal: int | None = None  # the signal that stopped training, if one did
         self.saved_recipe = with_resolved_paths(recipe, parts)  # what checkpoints record: usable from any directory
 
     def log(self, message: str) -> None:
@@ -148,6 +149,7 @@ class Run:
         params = [p for p in model.parameters() if p.requires_grad]
         self.schedule = make_schedule(ctx.data, data_cfg, train_cfg, strategy)
         ctx.total_steps = total_steps(train_cfg, self.schedule)
+        self.warn_small_data()
         resumed = None
         if self.resume_from is not None:
             state = read_state(self.resume_from)
@@ -162,6 +164,20 @@ class Run:
         scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps, resumed, parts.schedules.get(train_cfg["schedule"]))
         ctx.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         ctx.plan = self.plan
+
+    def warn_small_data(self) -> None:
+        """Say so when one optimizer step takes several passes over the data (a handful of samples
+        with the shipped grad_accum): "epoch" then grows by more than 1 a step."""
+        train, per_epoch = self.recipe["train"], self.schedule.per_epoch
+        if train["grad_accum"] <= per_epoch:
+            return
+        epochs = train["grad_accum"] / per_epoch
+        samples = self.ctx.data.num_samples
+        self.log(
+            f"[yellow]warning:[/yellow] one step covers {epochs:.3g} epochs of {samples} sample(s) "
+            f"({train['grad_accum']} micro batches of {train['micro_batch']} row(s) a step, {per_epoch} a pass over the data): "
+            "lower train.grad_accum/micro_batch, or add data"
+        )
 
     def collate(self, rows: list[int], data: Any = None) -> dict[str, Any]:
         """Micro batch of ``rows`` of the training data (or of ``data``, e.g. the eval data)."""
@@ -245,6 +261,7 @@ class Run:
             hook.before_train(ctx)
         trainer = Trainer(ctx, self.plan, self.objective, self.optimizer, self.scheduler, self.schedule, self.collate, self.hooks, self.save, self.precision)
         outcome = trainer.run()
+        self.stop_signal = trainer.stop_signal
         if outcome == "stopped":
             self.log(f"[yellow]stopped at step {ctx.step}/{ctx.total_steps}; checkpoint saved.[/yellow] Resume with:\n  {self.resume_command()}")
             return outcome
@@ -280,10 +297,11 @@ class Run:
 
 
 def run_training(recipe: Any, parts: Any, resume: str | None = None) -> None:
-    """Train as the recipe says; SIGINT/SIGTERM save a checkpoint and exit with a resume hint."""
+    """Train as the recipe says; SIGINT/SIGTERM save a checkpoint and exit with a resume hint, with the
+    status a shell gives a process that signal ended: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
     import signal
 
     run = Run(recipe, parts, resume)
     outcome = run.execute()
     if outcome == "stopped":
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + (run.stop_signal or signal.SIGTERM))
