@@ -119,7 +119,7 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
     (``ftcore data check``, ``ftcore run --dry-run``); False when a record has a problem. Without
     ``encode`` (no tokenizer yet) the records are read and formatted only."""
     from .apply import detect_format
-    from .load import load_records, read_options, sheets_explained, sheets_note
+    from .load import load_records, read_options, sheets_explained
     from .pipeline import DataReport, RecordProblem, data_paths, encode_and_pack, find_format_problems
 
     data_cfg, seed = recipe["data"], recipe["train"]["seed"]
@@ -139,6 +139,7 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
         out.print(f"records {len(records)}, format {name}; not encoded: the model and its tokenizer are created when the run starts", markup=False)
         for problem in problems:
             out.print(f"  - {problem}", markup=False)
+        _print_sheets(out, records, problems)
         return not problems
     tokenizer, template, _ = _tokenizer_and_template(recipe, parts)  # after reading: a broken file fails fast
     if any("messages" in s for s in samples) and template is None:
@@ -170,9 +171,7 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
             out.print(f"  - {problem}", markup=False)
         hint = "fix them, or set data.on_error=skip to train without them" if not encode_problems else "fix them (records the template cannot encode stop a run even with data.on_error=skip)"
         out.print(f"  {hint}", markup=False)
-        note = sheets_note(records)
-        if note:
-            out.print(f"  {note}", markup=False)
+        _print_sheets(out, records, problems)
         return False
     if report.truncated or report.dropped_empty:
         out.print(f"[yellow]! every record is well-formed, but {report.truncated} sample(s) lose tokens past max_length and {report.dropped_empty} are dropped with no trained token[/yellow]")
@@ -180,3 +179,12 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
     else:
         out.print("[green]✓ every record is fine[/green]")
     return True
+
+
+def _print_sheets(out: Any, records: Any, problems: Sequence[Any]) -> None:
+    """With problems, the sheets and columns of each workbook of several sheets the records came from."""
+    from .load import sheets_note
+
+    note = sheets_note(records) if problems else None
+    if note:
+        out.print(f"  {note}", markup=False)
