@@ -45,11 +45,11 @@ def test_dry_run_with_good_data_reports_counts_and_succeeds(tmp_path, tiny_llama
     assert "records 64, format openai (detected)" in proc.stdout and "every record is fine" in proc.stdout
 
 
-@pytest.mark.parametrize("kind,expected", [("txt", "unsupported data file type '.txt'"), ("empty folder", "holds no data files")])
+@pytest.mark.parametrize("kind,expected", [("pdf", "unsupported data file type '.pdf'"), ("empty folder", "holds no data files")])
 def test_dry_run_refuses_data_it_cannot_read(tmp_path, tiny_llama, kind, expected) -> None:
-    if kind == "txt":
-        data = tmp_path / "corpus.txt"
-        data.write_text("plain text\n")
+    if kind == "pdf":
+        data = tmp_path / "paper.pdf"
+        data.write_bytes(b"%PDF-1.4\n")
     else:
         data = tmp_path / "nothing"
         data.mkdir()
