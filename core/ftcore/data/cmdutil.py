@@ -11,12 +11,10 @@ import click
 
 
 def app_parts(ctx: click.Context) -> Any:
-    """The registered parts of the running app (a fresh ``App`` when the CLI made none)."""
+    """The registered parts of the running ``ftcore`` app (the root command keeps it as ``ctx.obj``)."""
     app = ctx.find_root().obj
     if app is None:
-        from ..app import App
-
-        app = App()
+        raise click.UsageError("the data commands run under the `ftcore` command group, which finds the installed plugins")
     return app.parts
 
 
