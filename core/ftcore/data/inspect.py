@@ -22,12 +22,12 @@ def _recipe(ctx: click.Context, recipe_ref: str, overrides: Sequence[str]) -> tu
 
 def _tokenizer_and_template(recipe: Any, parts: Any) -> tuple[Any, Any, str]:
     """The tokenizer (loaded as `run` loads it), the chat template and the data cache's extra key."""
-    from ..models.loading import builder_and_tokenizer, data_key
+    from ..models.loading import builder_and_tokenizer
 
     builder, tokenizer = builder_and_tokenizer(recipe["model"], parts)
     data_cfg = recipe["data"]
     template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
-    return tokenizer, template, data_key(builder)
+    return tokenizer, template, builder.data_key()
 
 
 def _data_line(recipe: Any) -> str:

@@ -20,11 +20,6 @@ def builder_and_tokenizer(model_cfg: dict[str, Any], parts: Any) -> tuple[Any, A
     return builder, tokenizer
 
 
-def data_key(builder: Any) -> str:
-    """What besides the recipe's data section shapes processed data (see ``ModelBuilder.data_key``)."""
-    return builder.data_key()
-
-
 def resolve_precision(requested: str, device: Any) -> str:
     """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
     import torch

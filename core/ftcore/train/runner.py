@@ -120,17 +120,18 @@ class Run:
         self.builder = builder
         ctx.tokenizer = tokenizer
         ctx.template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
+        data_key = builder.data_key()
         ctx.data, ctx.data_report = prepare_data(
             split_config(data_cfg, "train"), parts.formats, tokenizer, ctx.template, train_cfg["seed"],
             is_main=ctx.is_main, barrier=strategy.barrier, log=self.log,
-            extra_key=builder.data_key(),
+            extra_key=data_key,
         )
         self.objective = make_objective(recipe, parts)
         check_data_kind(self.objective, "side" in ctx.data.extras)  # before the weights load
         if data_cfg["eval_path"] or data_cfg["eval_ratio"]:
             ctx.eval_data, report = prepare_data(
                 split_config(data_cfg, "eval"), parts.formats, tokenizer, ctx.template, train_cfg["seed"],
-                is_main=ctx.is_main, barrier=strategy.barrier, log=self.log, extra_key=builder.data_key(),
+                is_main=ctx.is_main, barrier=strategy.barrier, log=self.log, extra_key=data_key,
             )
             check_data_kind(self.objective, "side" in ctx.eval_data.extras)
             self.log(f"eval data: {report.summary()}")
