@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     # checkpoints
     "latest_checkpoint": ".train.checkpoint", "list_checkpoints": ".train.checkpoint",
     # chat and generation (for plugins that add chat or serve behaviour: a chat backend)
-    "ChatModel": ".chat.generate", "Generation": ".chat.generate", "Sampling": ".chat.generate", "prompt_ids": ".chat.generate", "stop_token_ids": ".chat.generate",
+    "ChatModel": ".chat.generate", "Generation": ".chat.generate", "Sampling": ".chat.generate", "prompt_ids": ".chat.generate", "stop_token_ids": ".chat.generate", "template_to_jinja": ".chat.merge",
     "ChatBackend": ".chat.backends", "ChatArgs": ".chat.backends", "add_chat_backend": ".chat.backends", "DTYPES": ".models.loading",
     # for scripts and notebooks (a plugin gets the parts from its caller)
     "installed_parts": ".app",

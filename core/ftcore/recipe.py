@@ -460,13 +460,22 @@ class _Checker:
             self.check_existing_paths(data)
 
     def interpolate(self, data: dict[str, Any]) -> None:
-        """``${work_dir}`` inside model/data strings becomes the run's work_dir."""
+        """``${work_dir}`` inside model/data strings and hook options becomes the run's work_dir."""
+
+        def fill(value: Any) -> Any:
+            if isinstance(value, str):
+                return value.replace("${work_dir}", data["work_dir"])
+            if isinstance(value, list):
+                return [fill(v) for v in value]
+            if isinstance(value, dict):
+                return {k: fill(v) for k, v in value.items()}
+            return value
+
         for section in ("model", "data"):
             for key, value in data[section].items():
-                if isinstance(value, str):
-                    data[section][key] = value.replace("${work_dir}", data["work_dir"])
-                elif isinstance(value, list):
-                    data[section][key] = [v.replace("${work_dir}", data["work_dir"]) if isinstance(v, str) else v for v in value]
+                data[section][key] = fill(value)
+        if isinstance(data.get("hooks"), list):
+            data["hooks"] = [{k: fill(v) if k != "name" else v for k, v in entry.items()} if isinstance(entry, dict) else entry for entry in data["hooks"]]
 
     def check_existing_paths(self, data: dict[str, Any]) -> None:
         created = created_by_hooks(data, self.parts) if self.parts is not None else set()

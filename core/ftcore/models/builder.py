@@ -58,6 +58,17 @@ class ModelBuilder:
         """A collated batch as the model takes it (e.g. image paths -> ``pixel_values``)."""
         return batch
 
+    def chat_model(self, model: Any, tokenizer: Any, template: Any, system: str | None = None) -> Any:
+        """A :class:`~ftcore.chat.generate.ChatModel` answering with ``model`` as it trains (the
+        ``evaluate_chat`` hook); a builder whose model takes images returns one that reads them."""
+        from ..chat.generate import ChatModel
+
+        return ChatModel(model=model, tokenizer=tokenizer, template=template, system=system)
+
+    def next_steps(self, base: str, checkpoint: Path) -> list[str] | None:
+        """Commands a finished run suggests for its last checkpoint (None: the core's ``chat``/``merge``)."""
+        return None
+
     def save_checkpoint(self, model: Any, folder: Path) -> None:
         """The trained weights into a checkpoint folder: an adapter in PEFT's layout, or the full model."""
         model.save_pretrained(str(folder), safe_serialization=True)

@@ -40,6 +40,8 @@ class TrainingPlan:
     adapter: Any = None
     #: the transforms applied, in order (shown in the run's log)
     applied: list[str] = field(default_factory=list)
+    #: what trains, in words, for the run's log (empty: the adapter kind)
+    trains: str = ""
 
     def inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A batch's model inputs: tensors except the labels, with a flat batch's sample

@@ -17,6 +17,8 @@ class RunContext:
     tokenizer: Any = None
     template: Any = None
     model: Any = None
+    #: the run's model builder (configured): its ``chat_model`` answers evaluation prompts
+    builder: Any = None
     #: how the model was prepared (:class:`ftcore.models.plan.TrainingPlan`): its loss head, flat batches, ...
     plan: Any = None
     data: Any = None

@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 
 from ..options import Option
-from ..recipe import NAME
+from ..recipe import NAME, REQUIRED, Field
 from .context import RunContext
 
 
@@ -116,17 +116,35 @@ def _peak_tflops(device: Any) -> float | None:
     return None
 
 
+#: a prompt with an image (``evaluate_chat``'s ``prompts`` entries, as XTuner's evaluation_images)
+IMAGE_PROMPT = {
+    "text": Field((str,), REQUIRED, "the question", nullable=False, pattern=NAME.pattern),
+    "image": Field((str,), REQUIRED, "an image file (relative to the current directory)", nullable=False, pattern=NAME.pattern, is_path=True),
+}
+
+
 class EvaluateChat(TrainingHook):
-    """Answer the recipe's prompts before training, every ``every`` steps and at the end."""
+    """Answer the recipe's prompts before training, every ``every`` steps and at the end; a prompt
+    ``{text, image}`` asks about an image (for a model that takes images, e.g. LLaVA)."""
 
     def __init__(
         self,
-        prompts: Annotated[list[Annotated[str, Option(pattern=NAME.pattern)]], Option("questions to ask")] = (),
+        prompts: Annotated[list[Annotated[str | dict, Option(pattern=NAME.pattern, keys=IMAGE_PROMPT)]], Option("questions to ask: text, or {text, image: PATH}")] = (),
         every: Annotated[int, Option("also evaluate every N steps (0: only before and after)", ge=0)] = 0,
         max_new_tokens: Annotated[int, Option("answer length", ge=1)] = 64,
         system: Annotated[str | None, Option("system prompt for the evaluation (default: data.system)")] = None,
     ) -> None:
         self.prompts, self.every, self.max_new_tokens, self.system = list(prompts), every, max_new_tokens, system
+
+    def setup(self, ctx: RunContext) -> None:
+        """Every image is there before any weights load (a hook listed earlier may have made it)."""
+        from pathlib import Path
+
+        from ..errors import FtcoreError
+
+        for i, prompt in enumerate(self.prompts):
+            if isinstance(prompt, dict) and not Path(prompt["image"]).expanduser().is_file():
+                raise FtcoreError(f"image {prompt['image']!r} does not exist", where=f"evaluate_chat prompts[{i}].image", hint="give an image file, relative to the current directory")
 
     def before_train(self, ctx: RunContext) -> None:
         self._evaluate(ctx, "before training" if ctx.step == 0 else f"resumed at step {ctx.step}")
@@ -142,19 +160,32 @@ class EvaluateChat(TrainingHook):
     def _evaluate(self, ctx: RunContext, label: str) -> None:
         if not ctx.is_main:
             return
-        from ..chat.generate import Sampling, generate_answer
+        from pathlib import Path
 
-        prompts = self.prompts
+        from ..chat.generate import Sampling
+        from ..errors import FtcoreError
+
         system = self.system or ctx.recipe["data"]["system"]
         model = ctx.strategy.unwrap(ctx.model)
+        chat = ctx.builder.chat_model(model, ctx.tokenizer, ctx.template, system)
         answers = []
-        for prompt in prompts:
-            answer = generate_answer(
-                model, ctx.tokenizer, ctx.template, [{"role": "user", "content": prompt}],
-                Sampling(max_new_tokens=self.max_new_tokens), system=system,
-            )
-            answers.append({"prompt": prompt, "answer": answer})
-            ctx.print(f"[bold cyan]eval ({label})[/bold cyan] {prompt!r} -> {answer!r}")
+        was_training = model.training
+        model.eval()
+        try:
+            for prompt in self.prompts:
+                text, image = (prompt, None) if isinstance(prompt, str) else (prompt["text"], prompt["image"])
+                message: dict[str, Any] = {"role": "user", "content": text}
+                if image is not None:
+                    if not chat.accepts_images:
+                        raise FtcoreError(f"model builder {ctx.recipe['model']['builder']!r} makes a model that takes no images", where="evaluate_chat prompts", hint="ask image questions of an image model (e.g. model.builder: llava)")
+                    message["images"] = [Path(image).expanduser().read_bytes()]
+                answer = chat.generation([message], Sampling(max_new_tokens=self.max_new_tokens)).run()
+                answers.append({"prompt": text, **({"image": image} if image is not None else {}), "answer": answer})
+                shown = f" (image {image})" if image is not None else ""
+                ctx.print(f"[bold cyan]eval ({label})[/bold cyan] {text!r}{shown} -> {answer!r}")
+        finally:
+            if was_training:
+                model.train()
         out = ctx.work_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
         name = "before" if ctx.step == 0 and label == "before training" else f"step-{ctx.step}"

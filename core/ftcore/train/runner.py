@@ -117,7 +117,7 @@ class Run:
                 hook.setup(ctx)
         strategy.barrier()
         builder, tokenizer = builder_and_tokenizer(model_cfg, parts)
-        self.builder = builder
+        self.builder = ctx.builder = builder
         ctx.tokenizer = tokenizer
         ctx.template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
         data_key = builder.data_key()
@@ -142,7 +142,7 @@ class Run:
         model = self.plan.model
         trainable, total = count_parameters(model)
         quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
-        self.log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({recipe['adapter']['kind']}{quant}), {self.precision} on {strategy.device}")
+        self.log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({self.plan.trains or recipe['adapter']['kind']}{quant}), {self.precision} on {strategy.device}")
         if model_cfg["compile"]:
             self.log("model.compile: each decoder layer is compiled with torch.compile during the first steps (a minute or two)")
         from .optim import build_optimizer, build_scheduler
@@ -276,16 +276,17 @@ class Run:
         ctx = self.ctx
         last = ctx.metrics[-1] if ctx.metrics else {}
         first = ctx.metrics[0] if ctx.metrics else {}
-        kind = "full model" if self.plan.adapter is not None and self.plan.adapter.trains_base else "adapter"
         base = self.recipe["model"]["path"]
+        own = self.objective.next_steps(base, final)
+        builder_steps = self.builder.next_steps(base, final) if own is None else None
+        kind = "checkpoint" if builder_steps is not None else "full model" if self.plan.adapter is not None and self.plan.adapter.trains_base else "adapter"
         lines = [
             f"[bold green]done[/bold green]: {ctx.step} steps, loss {first.get('loss', float('nan')):.4f} -> {last.get('loss', float('nan')):.4f}",
             f"{kind}: {final}",
             "next:",
         ]
-        own = self.objective.next_steps(base, final)
-        if own is not None:
-            lines += [f"  {line}" for line in own]
+        if own is not None or builder_steps is not None:
+            lines += [f"  {line}" for line in own or builder_steps]
         elif kind == "adapter":
             lines += [f"  ftcore chat {base} --adapter {final}", f"  ftcore merge {base} {final} {self.work_dir / 'merged'}"]
         else:
