@@ -101,6 +101,19 @@ def test_prompt_from_stdin_and_a_template_that_disagrees_with_the_adapter(tiny_l
     assert "trained with template 'internlm2_chat', but --template is 'vicuna'" in result.stderr
 
 
+def test_echo_to_prompt_stdin_answers_as_the_typed_prompt_greedy_by_default(tiny_llama, zed) -> None:
+    # `echo "Who are you?" | ftcore chat ... --prompt -`: the newline echo adds is not part of the
+    # question, and with no --temperature the answer is the greedy one, the same every time
+    typed = run_cli("chat", str(tiny_llama), "--adapter", str(zed), "--prompt", "Who are you?", "--max-new-tokens", "24")
+    piped = subprocess.run([sys.executable, "-m", "ftcore.cli", "chat", str(tiny_llama), "--adapter", str(zed), "--prompt", "-", "--max-new-tokens", "24"],
+                           input="Who are you?\n", capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert typed.returncode == 0 and piped.returncode == 0, (typed.stderr, piped.stderr)
+    assert typed.stdout.startswith("I am Zed"), typed.stdout
+    assert piped.stdout == typed.stdout
+    help_text = run_cli("chat", "--help").stdout
+    assert "[default: 0.0;" in " ".join(help_text.split()) and "greedy" in help_text
+
+
 def test_bits_4_loads_the_base_in_nf4_and_still_answers(tiny_llama, zed) -> None:
     pytest.importorskip("bitsandbytes")
     from ftcore.chat.generate import Sampling

@@ -47,7 +47,8 @@ def _quiet() -> None:
 #: ``stop``, handed to the command as one ``sampling`` argument.
 SAMPLING_OPTIONS = [
     click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True, help="longest answer, in tokens"),
-    click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True, help="sampling temperature; 0 = greedy (deterministic)"),
+    click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+                 help="sampling temperature; 0 = greedy: the same answer every time, what a fine-tune learned (sampling makes small models ramble; try 0.7 for varied answers)"),
     click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.9, show_default=True, help="nucleus sampling"),
     click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="sample among the k likeliest tokens (0 = off)"),
     click.option("--repetition-penalty", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="> 1 discourages repeating"),
@@ -130,18 +131,22 @@ def _prepare(app: Any, args: ChatArgs, values: dict[str, Any], image: str | None
 @click.argument("out", type=click.Path())
 @click.option("--max-shard-size", default="2GB", show_default=True, help="largest safetensors shard, e.g. 2GB or 500MB")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), help="dtype of the saved weights (default: the base model's)")
-@click.option("--format", "fmt", type=click.Choice(["native", "llama"]), default="native", show_default=True, help="weight layout: the builder's native one, or Llama's")
+@click.option("--format", "fmt", type=click.Choice(["native", "llama"]),
+              help="weight layout (default: one plain transformers loads without remote code: Llama's for InternLM2, else the model's own); "
+                   "native = the family's own (InternLM2's needs its code files in BASE)")
 @click.option("--builder", help="model builder (default: the adapter's recipe, else by model_type, else hf)")
 @click.option("--template", help="chat template to write as chat_template (default: the adapter's training template)")
 @click.option("--force", is_flag=True, help="replace a non-empty OUT")
 @TRUST_OPTION
 @click.pass_obj
-def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, dtype: str | None, fmt: str, builder: str | None, template: str | None, force: bool, trust_remote_code: bool) -> None:
+def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, dtype: str | None, fmt: str | None, builder: str | None, template: str | None, force: bool, trust_remote_code: bool) -> None:
     """Merge the LoRA ADAPTER into BASE and save a standalone model to OUT.
 
     OUT holds sharded safetensors, the tokenizer with the training template as its
     chat_template, and a generation_config whose eos_token_id includes the template's stop
-    tokens, so plain transformers chats with it correctly.
+    tokens, so plain transformers chats with it correctly (no remote code; vLLM and LMDeploy
+    load it as is). A reward-model adapter becomes a sequence-classification model
+    (AutoModelForSequenceClassification).
     """
     from .merge import merge_adapter
 
@@ -169,8 +174,8 @@ def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, sy
     from .terminal import chat_loop, chat_once, read_image
 
     if prompt == "-":
-        prompt = sys.stdin.read()
-        if not prompt.strip():
+        prompt = sys.stdin.read().strip()  # `echo` ends it with a newline the user never typed as a question
+        if not prompt:
             raise FtcoreError("--prompt - read an empty prompt from stdin")
     args = _args(model, adapter, template, system, bits, builder, trust_remote_code)
     backend, plan = _prepare(app, args, backend_values, image)
