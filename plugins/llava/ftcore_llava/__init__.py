@@ -27,6 +27,11 @@ def register_dataset_formats(register) -> None:
 
 
 @hookimpl
+def register_training_hooks(register) -> None:
+    register("llava_quickstart_assets", "ftcore_llava.quickstart:LlavaQuickstartAssets", "create the LLaVA quickstart's tiny LLM, tiny CLIP tower, pictures and records when missing")
+
+
+@hookimpl
 def register_recipes(register) -> None:
     for path in yaml_files("ftcore_llava.recipes"):
         register(path.stem, str(path))
@@ -37,5 +42,7 @@ def register_commands(cli) -> None:
     from ftcore.api import add_chat_backend
 
     from .chat import LlavaBackend  # imports no torch
+    from .commands import llava
 
     add_chat_backend(cli, LlavaBackend())
+    cli.add_command(llava)

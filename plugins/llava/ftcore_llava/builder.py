@@ -59,6 +59,24 @@ def vision_lora_config(value: Any) -> dict[str, Any] | None:
     return {**VISION_LORA_DEFAULTS, **value}
 
 
+def describe_training(llm_adapter: str | None, llm_full: bool, vision_lora: dict[str, Any] | None, vision_full: bool) -> str:
+    """What trains, for the run's log: e.g. "projector; LLM and vision tower frozen" (stage 1)."""
+    trained, frozen = ["projector"], []
+    if llm_adapter:
+        trained.append(f"{llm_adapter} on the LLM")
+    elif llm_full:
+        trained.append("the whole LLM")
+    else:
+        frozen.append("LLM")
+    if vision_lora:
+        trained.append(f"LoRA r {vision_lora['r']} on the vision tower")
+    elif vision_full:
+        trained.append("the whole vision tower")
+    else:
+        frozen.append("vision tower")
+    return ", ".join(trained) + (f"; {' and '.join(frozen)} frozen" if frozen else "")
+
+
 class LlavaBuilder(ModelBuilder):
     """Builds a :class:`~ftcore_llava.model.LlavaModel`; ``configure`` binds it to a recipe's model section."""
 
@@ -69,6 +87,8 @@ class LlavaBuilder(ModelBuilder):
         self.image_token_id: int | None = None
         self._processor: Any = None
         self._num_image_tokens: int | None = None
+        #: an image the run trained on (the closing hint's ``--image``)
+        self.example_image: Path | None = None
 
     # -- binding to a recipe -------------------------------------------------------
 
@@ -185,7 +205,27 @@ class LlavaBuilder(ModelBuilder):
             vision = get_peft_model(vision, LoraConfig(r=vlora["r"], lora_alpha=vlora["alpha"], lora_dropout=vlora["dropout"], target_modules=lora_targets(vision, vlora["targets"])))
         model.projector.requires_grad_(True)
         model.llm, model.visual_encoder = llm, vision
-        return finish_plan(TrainingPlan(model, adapter=adapter), flat=False)
+        trains = describe_training(adapter_cfg["kind"] if llm_lora else None, not cfg["freeze_llm"], vlora, not cfg["freeze_visual_encoder"])
+        return finish_plan(TrainingPlan(model, adapter=adapter, trains=trains), flat=False)
+
+    # -- chat during and after training ------------------------------------------------
+
+    def chat_model(self, model: Any, tokenizer: Any, template: Any, system: str | None = None) -> Any:
+        """A :class:`~ftcore_llava.chat.LlavaChat` on the model as it trains: ``evaluate_chat``
+        prompts with ``image:`` are answered about that image."""
+        from .chat import LlavaChat
+
+        cfg = self._require_cfg()
+        return LlavaChat(model=model, tokenizer=tokenizer, template=template, system=system, processor=self.processor,
+                         pad_to_square=bool(cfg.get("pad_image_to_square", True)))
+
+    def next_steps(self, base: str, checkpoint: Path) -> list[str]:
+        """Chat about an image with the checkpoint, and export it to transformers' LLaVA layout."""
+        cfg = self._require_cfg()
+        vision = cfg["visual_encoder"]
+        image = self.example_image or "IMAGE.jpg"
+        return [f"ftcore chat {base} --llava {checkpoint} --visual-encoder {vision} --image {image}",
+                f"ftcore llava export {checkpoint} {Path(checkpoint).parent / 'hf'}"]
 
     # -- batches -----------------------------------------------------------------------
 
@@ -229,6 +269,8 @@ class LlavaBuilder(ModelBuilder):
                     hint="a sample was probably cut inside its prompt by data.max_length; raise it",
                 )
             paths += [resolve_image(p, cfg.get("image_folder")) for p in row_images]
+            if self.example_image is None and paths:
+                self.example_image = paths[0]
             rows.append(expand_image_tokens(ids[r], labels[r], positions[r], self.image_token_id, n) if found else (ids[r], labels[r], positions[r]))
         width = -(-max(len(r[0]) for r in rows) // 8) * 8
         pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None and self.tokenizer.pad_token_id is not None else 0
