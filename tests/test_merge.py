@@ -256,27 +256,46 @@ def internlm2(tmp_path_factory, tiny_llama):
     return base, build, adapter
 
 
-@pytest.mark.parametrize("fmt", ["native", "llama"])
+@pytest.mark.parametrize("fmt", ["native", "llama", None])
 def test_internlm2_merge_matches_base_plus_adapter(parts, tmp_path, internlm2, fmt) -> None:
+    import shutil
+
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from ftcore.chat.merge import merge_adapter
 
     base, build, adapter = internlm2
+    if fmt == "native":  # the native layout only with the model's code files beside it
+        with_code = tmp_path / "base-with-code"
+        shutil.copytree(base, with_code)
+        for name in ("configuration_internlm2.py", "modeling_internlm2.py"):
+            (with_code / name).write_text("# InternLM2's remote code (never run here)\n")
+        base = with_code
     out = tmp_path / "merged"
     merge_adapter(parts, str(base), str(adapter), out, fmt=fmt, dtype="fp32", max_shard_size="200KB", log=lambda m: None)
     config = json.loads((out / "config.json").read_text())
     expected = logits(PeftModel.from_pretrained(build.load_model(str(base), dtype=__import__("torch").float32), str(adapter)), IDS)
     if fmt == "native":
         assert config["model_type"] == "internlm2"
+        assert (out / "configuration_internlm2.py").is_file() and (out / "modeling_internlm2.py").is_file()
         from safetensors import safe_open
 
         keys = [k for f in out.glob("*.safetensors") for k in safe_open(str(f), framework="pt").keys()]
         assert any(".attention.wqkv." in k for k in keys) and not any("lora" in k for k in keys)
         merged = build.load_model(str(out), dtype=__import__("torch").float32)
-    else:
-        assert config["model_type"] == "llama"
+    else:  # the default is the Llama layout: plain transformers, no remote code
+        assert config["model_type"] == "llama" and "auto_map" not in config
         merged = AutoModelForCausalLM.from_pretrained(str(out))
     assert (logits(merged, IDS) - expected).abs().max().item() < 1e-4
     assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
+
+
+def test_internlm2_native_layout_without_its_code_files_is_refused_before_loading(tmp_path, internlm2) -> None:
+    base, _, adapter = internlm2
+    out = tmp_path / "merged"
+    proc = run_cli("merge", str(base), str(adapter), str(out), "--format", "native")
+    assert proc.returncode == 2, proc.stderr
+    assert "configuration_internlm2.py, modeling_internlm2.py" in proc.stderr and "leave out --format" in proc.stderr
+    assert "Traceback" not in proc.stderr and "loading" not in proc.stdout
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))

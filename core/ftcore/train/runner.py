@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..chat.chat_files import write_chat_files
 from ..errors import FtcoreError
 from ..recipe import with_resolved_paths
 from .checkpoint import begin_checkpoint, finish_checkpoint, read_best, read_state, rng_state, set_rng_state
@@ -205,7 +206,7 @@ class Run:
         if ctx.is_main:
             import torch
 
-            ctx.tokenizer.save_pretrained(str(tmp))
+            write_chat_files(tmp, ctx.tokenizer, ctx.template, system=self.recipe["data"]["system"], model=model)  # chats without ftcore too
             (tmp / "recipe.yaml").write_text(self.saved_recipe.to_yaml())
             record_base_model(tmp, self.saved_recipe["model"]["path"])
             torch.save(rng_state(), tmp / "rng.pt")
