@@ -25,7 +25,7 @@ def field_error(name: str, record: dict) -> RecordError:
 
 def test_every_format_is_registered_through_the_formats_plugin():
     parts = App().parts.formats
-    assert {"openai", "alpaca", "medical", "conversation", "sharegpt", "pretrain"} <= set(parts.names())
+    assert {"openai", "alpaca", "medical", "conversation", "sharegpt", "oasst1", "pretrain"} <= set(parts.names())
     assert "formats" in parts.part("alpaca").owner
 
 
@@ -238,6 +238,8 @@ ROUND_TRIP = {
                                   {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}], "id": 3},
     "sharegpt": {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "id": 3},
     "pretrain": {"text": "plain text", "id": 3},
+    "oasst1": {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}], "id": 3},
 }
 
 

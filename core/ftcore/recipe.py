@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ SCHEMA: dict[str, Any] = {
     "distributed": F(bool, True, "whether the recipe may run on several processes"),
     "model": {
         "builder": F(str, REQUIRED, "model builder name", registry="models", nullable=False),
-        "path": F(str, REQUIRED, "local folder of the base model (a Hugging Face checkpoint)", nullable=False, is_path=True),
+        "path": F(str, REQUIRED, "local folder of the base model (a Hugging Face checkpoint), or its Hub ID (org/name)", nullable=False, is_path=True),
         "quantization": F(str, "none", "load the base quantized", choices=("none", "nf4", "fp4", "int8")),
         "double_quant": F(bool, True, "nested quantisation of the NF4 constants"),
         "dtype": F(str, "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
@@ -119,7 +120,7 @@ SCHEMA: dict[str, Any] = {
         "bias": F(str, "none", "train biases", choices=("none", "all", "lora_only")),
     },
     "data": {
-        "path": F(STR_OR_LIST, REQUIRED, "training file(s) or folder(s): json, jsonl, csv, tsv, parquet, xlsx, txt/md (plain text, for pretrain) or a save_to_disk folder", nullable=False, items=NAME, min_len=1, pattern=NAME.pattern, is_path=True),
+        "path": F(STR_OR_LIST, REQUIRED, "training file(s) or folder(s): json, jsonl, csv, tsv, parquet, xlsx, txt/md (plain text, for pretrain) or a save_to_disk folder; or a Hub dataset ID (org/name)", nullable=False, items=NAME, min_len=1, pattern=NAME.pattern, is_path=True),
         "format": F(str, "auto", "dataset format name, or auto to detect it", registry="formats"),
         "template": F(str, None, "chat template name (none for pretrain data)", registry="templates"),
         "system": F(str, None, "system prompt added to every sample that has none, or the name of a preset (alpaca, medical, ...: `ftcore data --help`)"),
@@ -477,8 +478,34 @@ class _Checker:
         if isinstance(data.get("hooks"), list):
             data["hooks"] = [{k: fill(v) if k != "name" else v for k, v in entry.items()} if isinstance(entry, dict) else entry for entry in data["hooks"]]
 
+    def resolve_hub_ids(self, data: dict[str, Any], created: set[str]) -> set[str]:
+        """Hub IDs (``org/name``) in model and data paths become local snapshot folders (:mod:`ftcore.hub`);
+        returns the keys whose ID could not be resolved (already reported)."""
+        from .data.files import BY_SUFFIX
+        from .hub import dataset_files, is_hub_id, model_folder
+
+        suffixes, failed = tuple(BY_SUFFIX), set()
+        wanted = [("model", "path", model_folder), ("model", "tokenizer_path", model_folder),
+                  ("data", "path", lambda v: dataset_files(v, "train", suffixes)), ("data", "eval_path", lambda v: dataset_files(v, "eval", suffixes))]
+        for section, key, resolve in wanted:
+            value = data[section].get(key)
+            if f"{section}.{key}" in created or not value:
+                continue
+            values = value if isinstance(value, list) else [value]
+            if not any(is_hub_id(v, suffixes) for v in values):
+                continue
+            try:
+                local = [r for v in values for r in (resolve(v) if is_hub_id(v, suffixes) else [v])] if section == "data" else resolve(value)
+            except FtcoreError as exc:
+                self.problem(f"{section}.{key}", exc.message, exc.hint)
+                failed.add(f"{section}.{key}")
+                continue
+            data[section][key] = local[0] if isinstance(local, list) and len(local) == 1 else local
+        return failed
+
     def check_existing_paths(self, data: dict[str, Any]) -> None:
         created = created_by_hooks(data, self.parts) if self.parts is not None else set()
+        created |= self.resolve_hub_ids(data, created)
         model_path = data["model"]["path"]
         if "model.path" not in created and not (Path(model_path).expanduser() / "config.json").is_file():
             self.problem(
@@ -561,7 +588,8 @@ def with_resolved_paths(recipe: Recipe, parts: Any) -> Recipe:
     def resolve(value: Any) -> Any:
         if isinstance(value, list):
             return [resolve(v) for v in value]
-        return str(Path(value).expanduser().resolve()) if isinstance(value, str) and value else value
+        # absolute, with symlinks kept: a hub snapshot links to suffix-less blobs, and a file is read by its suffix
+        return os.path.abspath(os.path.expanduser(value)) if isinstance(value, str) and value else value
 
     for key, spec in SCHEMA.items():
         if isinstance(spec, Field) and spec.is_path and data.get(key):

@@ -1,4 +1,4 @@
-"""The formats plugin: openai, alpaca, medical, conversation, sharegpt and pretrain dataset formats."""
+"""The formats plugin: openai, alpaca, medical, conversation, sharegpt, oasst1 and pretrain dataset formats."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ back to a record, extras written back unchanged; a conversation the layout canno
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ftcore.api import DatasetFormat, RecordError, require, sample_extras, sample_messages, sample_turns
@@ -203,6 +204,42 @@ def sharegpt_export(sample: dict[str, Any]) -> dict[str, Any]:
     return {"conversations": turns, **sample_extras(sample)}
 
 
+# -- oasst1 (Guanaco) ------------------------------------------------------------------
+
+#: a speaker mark of the Guanaco text (timdettmers/openassistant-guanaco, XTuner's oasst1)
+OASST1_TURN = re.compile(r"### (Human|Assistant):")
+OASST1_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def _is_oasst1(record: dict[str, Any]) -> bool:
+    text = record.get("text")
+    return isinstance(text, str) and text.lstrip().startswith("### Human:") and "### Assistant:" in text
+
+
+def oasst1(record: dict[str, Any]) -> dict[str, Any]:
+    """``{"text": "### Human: ...### Assistant: ...### Human: ..."}`` as turns; a last question with no answer is left out (as XTuner does)."""
+    text = require(record, "text", str)
+    marks = list(OASST1_TURN.finditer(text))
+    if not marks or text[: marks[0].start()].strip():
+        raise RecordError("field 'text' must start with '### Human:' (the Guanaco/oasst1 layout)", "text")
+    messages: list[dict[str, Any]] = []
+    for mark, after in zip(marks, marks[1:] + [None]):
+        role = OASST1_ROLES[mark.group(1)]
+        if messages and messages[-1]["role"] == role:
+            raise RecordError(f"field 'text' has two '### {mark.group(1)}:' turns in a row (at character {mark.start()})", "text")
+        messages.append({"role": role, "content": text[mark.end() : after.start() if after else len(text)].strip()})
+    if messages[-1]["role"] == "user":
+        messages.pop()  # nothing answers it, so nothing of it would train
+    return {"messages": _finish(messages, "text"), **_extras(record, ("text",))}
+
+
+def oasst1_export(sample: dict[str, Any]) -> dict[str, Any]:
+    turns = sample_turns(sample, "oasst1")
+    if any(s for s, _, _ in turns):
+        raise RecordError("oasst1 (Guanaco) text has no place for a system message", "messages")
+    return {"text": "".join(f"### Human: {u}### Assistant: {a}" for _, u, a in turns), **sample_extras(sample)}
+
+
 # -- pre-training text ----------------------------------------------------------------
 
 
@@ -255,6 +292,9 @@ FORMATS = [
         "sharegpt", sharegpt, _has_list("conversations"), "{conversations: [{from: human|gpt|system, value}]}", export=sharegpt_export
     ),
     DatasetFormat(
-        "pretrain", pretrain, lambda r: isinstance(r.get("text"), str), "{text} plain text for (continued) pre-training", export=pretrain_export
+        "oasst1", oasst1, _is_oasst1, "{text: '### Human: ...### Assistant: ...'} OpenAssistant as Guanaco has it (XTuner's oasst1)", export=oasst1_export
+    ),
+    DatasetFormat(
+        "pretrain", pretrain, lambda r: isinstance(r.get("text"), str) and not _is_oasst1(r), "{text} plain text for (continued) pre-training", export=pretrain_export
     ),
 ]
