@@ -131,6 +131,8 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
         out.print(f"  {exc}", markup=False)
         return False
     name = data_cfg["format"]
+    if encode:  # configuring the builder first tells a format what it needs (the llava builder: where images are)
+        tokenizer, template, _ = _tokenizer_and_template(recipe, parts)  # after reading: a broken file fails fast
     with sheets_explained(records):
         if name == "auto":
             name = detect_format(records, parts.formats)
@@ -141,7 +143,6 @@ def check_recipe_data(recipe: Any, parts: Any, out: Any, encode: bool = True) ->
             out.print(f"  - {problem}", markup=False)
         _print_sheets(out, records, problems)
         return not problems
-    tokenizer, template, _ = _tokenizer_and_template(recipe, parts)  # after reading: a broken file fails fast
     if any("messages" in s for s in samples) and template is None:
         raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`, e.g. internlm2_chat")
     report = DataReport(records=len(records), format=name, dropped_by_format=fmt_report.dropped)
