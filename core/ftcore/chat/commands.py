@@ -76,9 +76,15 @@ def _sampling_options(func: Any) -> Any:
 TRUST_OPTION = click.option("--trust-remote-code", is_flag=True, help="allow Python code shipped with the model to run (only for models whose code you trust)")
 
 
-def _model_options(func: Any) -> Any:
+ADAPTER_OPTION = click.option("--adapter", type=click.Path(), help="a LoRA/QLoRA checkpoint folder (work_dir/checkpoint-N) to apply")
+#: serve's --adapter: one checkpoint (served alone), or NAME=PATH as often as needed (the base and each adapter served)
+SERVE_ADAPTER_OPTION = click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]PATH",
+                                    help="a LoRA checkpoint folder served alone; or NAME=PATH, repeated: the base and each adapter, picked by the request's model")
+
+
+def _model_options(func: Any, adapter: Any = ADAPTER_OPTION) -> Any:
     options = [
-        click.option("--adapter", type=click.Path(), help="a LoRA/QLoRA checkpoint folder (work_dir/checkpoint-N) to apply"),
+        adapter,
         click.option("--template", help="chat template (default: the adapter's training template, else the tokenizer's chat_template)"),
         click.option("--system", help="system prompt (default: the adapter's recipe data.system, else the template's)"),
         click.option("--bits", type=click.Choice(["4", "8"]), help="load the model quantized: 4 = NF4, 8 = int8 (bitsandbytes)"),
@@ -189,9 +195,13 @@ def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, sy
         chat_loop(chat_model, sampling, image=picture)
 
 
+def _serve_options(func: Any) -> Any:
+    return _model_options(func, SERVE_ADAPTER_OPTION)
+
+
 @click.command("serve", cls=ModelCommand)
 @click.argument("model", type=click.Path())
-@_model_options
+@_serve_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0 = every interface)")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", envvar="FTCORE_API_KEY", help="require 'Authorization: Bearer KEY' on /v1 (env FTCORE_API_KEY)")
@@ -200,17 +210,26 @@ def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, sy
               help="seconds a request may take, queueing included; then its answer ends with finish_reason 'length'")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.0, min_open=True), default=8.0, show_default=True,
               help="largest request body, in megabytes (images included); larger ones get 413")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True, help="most answers generated together (continuous batching)")
+@click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True,
+              help="most requests waiting for a place in the batch; more get 429 with Retry-After")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="one JSON line per request on stderr")
 @click.pass_obj
-def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, system: str | None, bits: str | None, builder: str | None, trust_remote_code: bool,
-              host: str, port: int, api_key: str | None, max_new_tokens: int, request_timeout: float, max_body_mb: float, **backend_values: Any) -> None:
+def serve_cmd(app: Any, model: str, adapters: tuple[str, ...], template: str | None, system: str | None, bits: str | None, builder: str | None,
+              trust_remote_code: bool, host: str, port: int, api_key: str | None, max_new_tokens: int, request_timeout: float, max_body_mb: float,
+              max_batch: int, max_queue: int, access_log: bool, **backend_values: Any) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/models) with a chat page at /.
 
-    One request is answered at a time; an answer stops when its client disconnects or
-    --request-timeout passes. SIGTERM cuts running answers short and exits 0.
+    Concurrent requests are generated together (continuous batching). With --adapter NAME=PATH
+    (repeatable) MODEL is a base model and the request's "model" picks the base or an adapter;
+    each adapter answers with its own chat template and system prompt. GET /health says 200
+    once the model has loaded, GET /metrics gives Prometheus metrics. An answer stops when its
+    client disconnects or --request-timeout passes. SIGTERM cuts running answers short and exits 0.
     Needs the serve extra: pip install 'ftcore[serve]'.
     """
     import os
 
+    from .catalog import Catalog, load_catalog, plan_catalog, split_adapter_options
     from .serve import check_server_deps, open_socket, serve
 
     if api_key is None and os.environ.get("FTCORE_API_KEY") is not None:
@@ -219,13 +238,31 @@ def serve_cmd(app: Any, model: str, adapter: str | None, template: str | None, s
         raise FtcoreError("the API key is empty (--api-key or FTCORE_API_KEY), which would switch authentication off: "
                           "give a non-empty key, or neither to serve without one")
     check_server_deps()
+    adapter, named = split_adapter_options(adapters)
     args = _args(model, adapter, template, system, bits, builder, trust_remote_code)
-    backend, plan = _prepare(app, args, backend_values)
+    if named:
+        if chosen_backend(click.get_current_context(), app, backend_values) is not None:
+            raise FtcoreError("--adapter NAME=PATH serves adapters on a base model; a chat backend option (--NAME SOURCE) loads its own model: give one or the other")
+        catalog_plan = plan_catalog(app.parts, model, named, builder=builder, template=template, system=system,
+                                    bits=args.bits, trust_remote_code=trust_remote_code)
+
+        def load() -> Catalog:
+            _quiet()
+            return load_catalog(app.parts, catalog_plan, warn=_warn)
+
+        label = f"{model} with adapters {', '.join(named)}"
+    else:
+        backend, plan = _prepare(app, args, backend_values)
+
+        def load() -> Catalog:
+            return Catalog.single(_load(app, args, backend, backend_values, plan))
+
+        label = adapter or model
     sock = open_socket(host, port)  # before loading: a busy port fails fast
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         _warn(f"warning: listening on {host} without --api-key: anyone who can reach this address can use the model")
-    chat_model = _load(app, args, backend, backend_values, plan)
-    serve(chat_model, sock, api_key=api_key, max_new_tokens=max_new_tokens, request_timeout=request_timeout, max_body_bytes=int(max_body_mb * 1_000_000))
+    serve(load, sock, label=label, api_key=api_key, max_new_tokens=max_new_tokens, request_timeout=request_timeout,
+          max_body_bytes=int(max_body_mb * 1_000_000), max_batch=max_batch, max_queue=max_queue, access_log=access_log)
 
 
 def add_chat_commands(cli: click.Group) -> None:
