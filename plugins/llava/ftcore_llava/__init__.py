@@ -1,11 +1,12 @@
 """The LLaVA plugin: image + text fine-tuning (CLIP vision tower, projector, any registered LLM builder).
 
-Parts: the ``llava`` model builder, the ``llava`` dataset format and the
-``llava_internlm2_pretrain`` / ``llava_internlm2_qlora`` recipes; and the ``llava`` chat backend:
+Parts: the ``llava`` model builder, the ``llava`` dataset format, the ``llava_quickstart`` (CPU, no
+downloads; its ``llava_quickstart_assets`` hook makes the tiny models and pictures) and
+``llava_internlm2_pretrain`` / ``llava_internlm2_qlora`` recipes; the ``llava`` chat backend:
 ``ftcore chat MODEL --llava DIR --visual-encoder PATH --image IMG`` and ``ftcore serve MODEL
---llava DIR --visual-encoder PATH``. Use a trained model from Python with
-:func:`ftcore_llava.chat.answer_with_image`; export it to transformers'
-``LlavaForConditionalGeneration`` with :func:`ftcore_llava.export.to_hf_llava`.
+--llava DIR --visual-encoder PATH``; and ``ftcore llava export CHECKPOINT OUT``, transformers'
+``LlavaForConditionalGeneration`` + ``AutoProcessor`` (:func:`ftcore_llava.export.to_hf_llava`).
+Use a trained model from Python with :func:`ftcore_llava.chat.answer_with_image`.
 """
 
 from __future__ import annotations
