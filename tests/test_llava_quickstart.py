@@ -139,3 +139,28 @@ def test_data_repeat_writes_the_records_n_times_in_order(quickstart, tmp_path) -
     check = run_cli("data", "check", "--recipe", "llava_quickstart", f"data.path={tmp_path / 'shapes_x5.jsonl'}", f"model.path={work_dir / 'tiny-llm'}",
                     f"model.visual_encoder={work_dir / 'tiny-clip'}", f"model.image_folder={work_dir / 'images'}", cwd=root)
     assert check.returncode == 0 and str(len(records) * 5) in check.stdout, check.stdout + check.stderr
+
+
+def test_the_exported_chat_template_renders_image_parts_and_the_runs_system_prompt_as_ftcore_does(tmp_path) -> None:
+    from tokenizers import AddedToken
+
+    from ftcore.api import installed_parts, make_tokenizer, prompt_ids
+    from ftcore_llava.export import chat_template
+    from transformers import AutoTokenizer
+
+    make_tokenizer(tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    tokenizer.add_tokens([AddedToken("<image>", special=True, normalized=False)], special_tokens=True)
+    template = installed_parts().templates.get("internlm2_chat")
+    system = 'You describe "pictures".\n你好'
+    jinja = chat_template(template, system)
+    parts = [{"role": "user", "content": [{"type": "text", "text": PROMPT}, {"type": "image"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]},
+             {"role": "user", "content": "And its colour?"}]
+    plain = [{"role": "user", "content": f"<image>\n{PROMPT}"}, {"role": "assistant", "content": "a red circle"}, {"role": "user", "content": "And its colour?"}]
+    for conversation, expected in ((parts, prompt_ids(tokenizer, template, plain, system)),
+                                   ([{"role": "system", "content": "Be brief."}, *parts], prompt_ids(tokenizer, template, plain, "Be brief."))):
+        text = tokenizer.apply_chat_template(conversation, chat_template=jinja, add_generation_prompt=True, tokenize=False)
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == expected, text
+    no_system = tokenizer.apply_chat_template(parts, chat_template=chat_template(template, None), add_generation_prompt=True, tokenize=False)
+    assert tokenizer(no_system, add_special_tokens=False)["input_ids"] == prompt_ids(tokenizer, template, plain, None) and "system" not in no_system
