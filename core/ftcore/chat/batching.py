@@ -113,6 +113,7 @@ class Batcher:
         self._positions: Any = None  # [rows] that token's position
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps
         self.running = 0  # rows in the batch (read by metrics)
+        self.peak = 0  # the most rows decoded together so far
 
     # ------------------------------------------------------------------ the event loop's side
 
@@ -251,6 +252,7 @@ class Batcher:
                             events.append((job, "error", exc))
                     self._reset()
                 self.running = len(self._rows)
+                self.peak = max(self.peak, self.running)
                 self._post(events)
 
     def _reset(self) -> None:

@@ -36,6 +36,7 @@ class Metrics:
         self.prompt_tokens = Counter("ftcore_prompt_tokens", "prompt tokens read", ["model"], registry=registry)
         gauge("ftcore_queue_length", "requests waiting for a place in the running batch", lambda r: r.waiting)
         gauge("ftcore_running_batch_size", "answers being generated together now", lambda r: r.running)
+        gauge("ftcore_peak_batch_size", "the most answers generated together since the server started", lambda r: r.peak)
         gauge("ftcore_tokens_per_second", "answer tokens generated per second, all requests, over the last 10 s", lambda r: r.tokens_per_second())
 
     def metrics(self) -> tuple[bytes, str]:

@@ -45,6 +45,10 @@ class OneAtATime:
     def running(self) -> int:
         return int(self._busy)
 
+    @property
+    def peak(self) -> int:
+        return 1
+
     def tokens_per_second(self) -> float:
         return 0.0  # not measured one at a time
 

@@ -53,7 +53,13 @@ class AnswerText:
         return self._release(final=False)
 
     def finish(self) -> str:
-        """The rest of the text once the answer ends (trailing whitespace dropped)."""
+        """The rest of the text once the answer ends (trailing whitespace dropped; a character
+        left incomplete by the last token shows as U+FFFD, as transformers' streamer shows it)."""
+        if not self.stopped and self._read < len(self._tokens):
+            before = self._decode(self._tokens[self._prefix : self._read])
+            after = self._decode(self._tokens[self._prefix :])
+            self.raw += after[len(before) :]
+            self._prefix = self._read = len(self._tokens)
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:
