@@ -41,8 +41,18 @@ SHAPES = {
 }
 LORA = dict(r=64, alpha=16, dropout=0.1)
 
-# case name -> (side, method, batching, gradient checkpointing)
+# case name -> (side, method, batching, gradient checkpointing). Batching: "naive" = fixed rows of
+# --max-length tokens cut from the concatenated samples (every peer takes these), "packed" = ftcore's
+# packed rows with sample isolation, "padded" = samples padded to the longest in the batch.
 CASES = {
+    "unsloth_lora": ("unsloth", "lora", "naive", True),
+    "unsloth_qlora": ("unsloth", "qlora", "naive", True),
+    "unsloth_lora_packed": ("unsloth", "lora", "packed", True),
+    "unsloth_qlora_packed": ("unsloth", "qlora", "packed", True),
+    "hf_lora_padded": ("hf", "lora", "padded", True),
+    "hf_lora_rows": ("hf", "lora", "naive", True),
+    "hf_qlora_rows": ("hf", "qlora", "naive", True),
+    "ftcore_qlora_naive": ("ftcore", "qlora", "naive", False),
     "hf_qlora_naive": ("hf", "qlora", "naive", True),
     "hf_qlora_padded": ("hf", "qlora", "padded", True),
     "hf_lora_naive": ("hf", "lora", "naive", True),
@@ -69,13 +79,17 @@ def synthetic_samples(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 def make_checkpoint(model: str, root: Path) -> Path:
-    """A random-weight Llama-layout checkpoint of the given shape (written once, bf16)."""
+    """A random-weight Llama-layout checkpoint of the given shape (written once, bf16), with a small
+    byte-level BPE tokenizer beside it (Unsloth loads one with the model)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftcore.models.tiny import make_tokenizer
 
     path = root / f"random-{model}"
     if (path / "config.json").is_file():
         return path
+    make_tokenizer(path)  # <unk> 0, <s> 1, </s> 2: the ids the config names
     config = LlamaConfig(**SHAPES[model], max_position_embeddings=262144, rope_theta=1_000_000.0, tie_word_embeddings=False,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
     with torch.device("cuda"):
@@ -159,11 +173,13 @@ def run_case(args: argparse.Namespace) -> dict:
     for m in mods:
         if m.startswith("mb"):
             args.micro_batch = int(m[2:])
-    if batching == "padded":
+    if batching == "padded" and not any(m.startswith("mb") for m in mods):
         args.micro_batch = 8  # the padded baseline: batches of 8 samples
     ckpt = Path(args.checkpoint)
     torch.manual_seed(0)
-    if side == "hf":
+    if side == "unsloth":
+        model, step = build_unsloth(ckpt, method, gc, args)
+    elif side == "hf":
         model, step = build_hf(ckpt, method, gc, args)
     else:
         model, step = build_ftcore(ckpt, method, gc, args)
@@ -208,7 +224,7 @@ def run_case(args: argparse.Namespace) -> dict:
 
 
 def make_batches(side: str, batching: str, samples, args):
-    if side == "hf":
+    if side == "hf" or (side == "unsloth" and batching != "packed"):
         return hf_batches(samples, batching, args.micro_batch, args.max_length)
     from ftcore.data.collate import collate_rows
     from ftcore.data.pack import Encoded, pack
@@ -219,7 +235,9 @@ def make_batches(side: str, batching: str, samples, args):
         packed = pack(Encoded.from_lists(rows, [list(r) for r in rows]), args.max_length, shuffle=False)
     else:
         packed = pack(Encoded.from_lists(samples, labels), args.max_length, seed=0)
-    flat = "rows" not in args.mods and args.attn in ("auto", "ftcore_varlen")  # as `ftcore run` collates
+    # as `ftcore run` collates; Unsloth gets the same packed rows laid flat with restarting position_ids
+    # (TRL's padding-free layout, which Unsloth's attention reads as sample boundaries)
+    flat = side == "unsloth" or ("rows" not in args.mods and args.attn in ("auto", "ftcore_varlen"))
 
     def gen():
         for i in range(0, len(packed) - args.micro_batch + 1, args.micro_batch):
@@ -234,6 +252,47 @@ def make_batches(side: str, batching: str, samples, args):
 
 def lora_dropout(args: argparse.Namespace) -> float:
     return 0.0 if "nodrop" in args.mods else LORA["dropout"]
+
+
+def make_optimizer(params, args: argparse.Namespace):
+    """The optimizer every peer side gets: --optimizer adamw (torch, fused) or adamw_8bit (bitsandbytes)."""
+    import torch
+
+    if args.optimizer == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=1e-4)
+    return torch.optim.AdamW(params, lr=1e-4, fused=True)
+
+
+def build_unsloth(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
+    """Unsloth as its docs set it up: FastLanguageModel, LoRA on all seven projections, its own
+    gradient checkpointing ("unsloth": offloaded to CPU memory) when on, its fused cross-entropy."""
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import unsloth  # noqa: F401  (first: it patches transformers and peft as they import)
+    import torch
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(str(ckpt), max_seq_length=max(args.max_length, args.max_context if args.long_context else 0),
+                                                 dtype=torch.bfloat16, load_in_4bit=method == "qlora", local_files_only=True)
+    model = FastLanguageModel.get_peft_model(
+        model, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=lora_dropout(args), bias="none", random_state=0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        use_gradient_checkpointing="unsloth" if gc else False)
+    FastLanguageModel.for_training(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, args)
+
+    def step(batch):
+        batch = {k: v.cuda(non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k in ("input_ids", "labels", "attention_mask", "position_ids")}
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return model, step
 
 
 def build_hf(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
@@ -251,15 +310,21 @@ def build_hf(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    if "liger" in args.mods:  # HF tuned as well as it goes: Liger's RMSNorm/RoPE/SwiGLU and fused linear cross-entropy
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=True, model=model)
     model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=lora_dropout(args), target_modules="all-linear", task_type="CAUSAL_LM"))
     model.train()  # as transformers' Trainer does: dropout and gradient checkpointing are train-mode only
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, args)
 
     def step(batch):
         batch = {k: v.cuda() for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(**batch).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -423,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--root", default="/tmp/ftcore-bench")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--samples", type=int, default=6000)
     p.add_argument("--micro-batch", type=int, default=2)
@@ -475,9 +540,22 @@ def main() -> None:
         with open(args.json, "a") as f:
             for r in results:
                 f.write(json.dumps({**r, "peak_tflops": peak, "device": torch.cuda.get_device_name(), "torch": torch.__version__}) + "\n")
-    print(f"\n{'case':<20}{'model':>6}{'tokens/s':>12}{'peak GiB':>10}{'MFU':>8}{'longest':>10}")
+    print(f"\n{'case':<34}{'model':>6}{'tokens/s':>12}{'peak GiB':>10}{'MFU':>8}{'longest':>10}{'vs Unsloth':>12}")
     for r in results:
-        print(f"{r['case']:<20}{r['model']:>6}{r.get('tokens_per_s', 0):>12.0f}{r.get('peak_gib', 0):>10.1f}{r.get('mfu', 0):>8.1%}{r.get('longest_sample', ''):>10}")
+        ratio = unsloth_ratio(r, results)
+        print(f"{r['case']:<34}{r['model']:>6}{r.get('tokens_per_s', 0):>12.0f}{r.get('peak_gib', 0):>10.1f}{r.get('mfu', 0):>8.1%}"
+              f"{r.get('longest_sample', ''):>10}{'' if ratio is None else f'{ratio:.2f}x':>12}")
+
+
+def unsloth_ratio(row: dict, results: list[dict]) -> float | None:
+    """A row's tokens/s over the best Unsloth row of the same method that peaks at no less memory
+    (the comparison at equal or lower memory); None for Unsloth's own rows or without one."""
+    if row["case"].startswith("unsloth") or "tokens_per_s" not in row:
+        return None
+    method = CASES[row["case"].split("+")[0]][1]
+    peers = [u["tokens_per_s"] for u in results if u["case"].startswith("unsloth") and "tokens_per_s" in u
+             and CASES[u["case"].split("+")[0]][1] == method and u["peak_gib"] >= row["peak_gib"]]
+    return row["tokens_per_s"] / max(peers) if peers else None
 
 
 if __name__ == "__main__":

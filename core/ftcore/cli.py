@@ -97,6 +97,8 @@ def _plugins(app: App, as_json: bool) -> None:
 
 def print_plan(recipe: Any, app: App) -> None:
     """What ``run`` would build and where it would write, without loading anything heavy."""
+    from .models.speed import describe
+
     d = recipe.data
     m, a, data, t, s = d["model"], d["adapter"], d["data"], d["train"], d["strategy"]
     quant = "" if m["quantization"] == "none" else f", {m['quantization']} quantized"
@@ -110,7 +112,8 @@ def print_plan(recipe: Any, app: App) -> None:
         f"adapter   {adapter}",
         f"data      {', '.join(map(str, paths))}",
         f"          format={data['format']} template={data['template']} max_length={data['max_length']} pack={data['pack']}",
-        f"train     {steps}, lr {t['lr']} ({t['schedule']}, warmup {t['warmup_ratio']}), micro_batch {t['micro_batch']} x grad_accum {t['grad_accum']}, precision {t['precision']}, seed {t['seed']}",
+        f"train     {steps}, lr {t['lr']} ({t['schedule']}, warmup {t['warmup_ratio']}), micro_batch {t['micro_batch'] or 'auto'} x grad_accum {t['grad_accum']}, precision {t['precision']}, seed {t['seed']}",
+        f"speed     {describe(d)}",
         f"objective {' '.join([d['objective']['name'], *(f'{k}={v}' for k, v in d['objective'].items() if k != 'name')])}",
         f"strategy  {s['name']}",
         f"hooks     {hooks}",

@@ -93,6 +93,7 @@ SCHEMA: dict[str, Any] = {
     "extends": F(str, None, "a registered recipe name or a YAML file this recipe builds on"),
     "work_dir": F(str, None, "where checkpoints and logs go (default ./work_dirs/<name>)", is_path=True),
     "distributed": F(bool, True, "whether the recipe may run on several processes"),
+    "speed": F(str, "auto", "auto: the levers left null (model.gradient_checkpointing, compile, offload_*, fused_lora; train.micro_batch) are chosen from the GPU's free memory and the run's shape, and printed at start; manual: null means off (checkpointing on, micro batch 1)", choices=("auto", "manual")),
     "model": {
         "builder": F(str, REQUIRED, "model builder name", registry="models", nullable=False),
         "path": F(str, REQUIRED, "local folder of the base model (a Hugging Face checkpoint), or its Hub ID (org/name)", nullable=False, is_path=True),
@@ -100,15 +101,15 @@ SCHEMA: dict[str, Any] = {
         "double_quant": F(bool, True, "nested quantisation of the NF4 constants"),
         "dtype": F(str, "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
         "trust_remote_code": F(bool, False, "run Python code shipped with the checkpoint (off unless you trust it)"),
-        "gradient_checkpointing": F(bool, True, "recompute activations in backward to save memory"),
-        "offload_activations": F(bool, False, "with gradient checkpointing: keep each layer's input in CPU memory too (very long samples)"),
-        "offload_embeddings": F(bool, False, "keep the frozen input embeddings in CPU memory (adapters; 0.7 GiB less GPU memory on a 7B model)"),
+        "gradient_checkpointing": F(bool, None, "recompute activations in backward to save memory (null: speed auto chooses; on under speed manual)"),
+        "offload_activations": F(bool, None, "with gradient checkpointing: keep each layer's input in CPU memory too (very long samples; null: speed auto chooses)"),
+        "offload_embeddings": F(bool, None, "keep the frozen input embeddings in CPU memory (adapters; 0.7 GiB less GPU memory on a 7B model; null: speed auto chooses)"),
         "attn_implementation": F(str, "auto", "attention kernel: auto (ftcore_varlen: packed samples attend only to themselves), sdpa, eager, flex_attention, ..."),
         "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path", is_path=True),
         "adapter": F(str, None, "a trained adapter to continue from (a LoRA checkpoint folder, e.g. the SFT run's before DPO)", is_path=True),
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
-        "fused_lora": F(bool, False, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile)"),
-        "compile": F(bool, False, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile)"),
+        "fused_lora": F(bool, None, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile; null: off)"),
+        "compile": F(bool, None, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile; null: speed auto turns it on for runs long enough to repay it)"),
     },
     "adapter": {
         "kind": F(str, "lora", "adapter kind: lora, qlora (4-bit base + LoRA), dora, full, or one a plugin adds (`ftcore list adapters`)", registry="adapters"),
@@ -146,7 +147,7 @@ SCHEMA: dict[str, Any] = {
         "schedule": F(str, "cosine", "learning-rate schedule after warmup: cosine, linear, constant, ... (`ftcore list schedules`)", registry="schedules"),
         "warmup_ratio": F(float, 0.03, "fraction of steps spent warming up", ge=0, le=1),
         "min_lr_ratio": F(float, 0.0, "final learning rate as a fraction of lr", ge=0, le=1),
-        "micro_batch": F(int, 1, "rows per forward pass per process", ge=1),
+        "micro_batch": F(int, None, "rows per forward pass per process (null: speed auto chooses one that keeps micro_batch x grad_accum rows a step; 1 under speed manual)", ge=1),
         "grad_accum": F(int, 16, "micro batches per optimizer step", ge=1),
         "max_grad_norm": F(float, 1.0, "gradient clipping norm (0 disables)", ge=0),
         "weight_decay": F(float, 0.0, "AdamW weight decay", ge=0, le=1),
@@ -562,7 +563,16 @@ class _Checker:
 
     def check_consistency(self, data: dict[str, Any]) -> None:
         """What the adapter kind implies: a quantized base (nf4 unless the recipe says which), or
-        every base weight trained (no quantized base)."""
+        every base weight trained (no quantized base); under ``speed: manual`` the levers left null
+        take their manual values (``speed: auto`` chooses them when the model has loaded)."""
+        if data.get("speed") == "manual":
+            from .models.speed import MANUAL
+
+            for key, value in MANUAL.items():
+                if data["model"].get(key) is None:
+                    data["model"][key] = value
+            if data["train"].get("micro_batch") is None:
+                data["train"]["micro_batch"] = 1
         model, kind = data["model"], adapter_kind(data["adapter"].get("kind"), self.parts)
         if kind is None:
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from ..errors import FtcoreError
@@ -109,9 +111,22 @@ def compile_layers(model: Any) -> int:
             where="model.compile",
             hint="set model.compile=false",
         )
+    cache_compiled()
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
+
+
+def cache_compiled() -> None:
+    """Keep compiled kernels and graphs across runs (inductor's FX graph and AOTAutograd caches, in
+    ``~/.cache/ftcore/inductor`` unless ``TORCHINDUCTOR_CACHE_DIR`` says where): a second run of the
+    same shape compiles in seconds instead of a minute."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "ftcore" / "inductor"))
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

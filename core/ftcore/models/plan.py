@@ -40,6 +40,9 @@ class TrainingPlan:
     adapter: Any = None
     #: the transforms applied, in order (shown in the run's log)
     applied: list[str] = field(default_factory=list)
+    #: what to change after a step runs out of GPU memory (``speed: auto``; used once): takes the
+    #: model, returns the message to show
+    fallback: Callable[[Any], str] | None = None
     #: what trains, in words, for the run's log (empty: the adapter kind)
     trains: str = ""
 

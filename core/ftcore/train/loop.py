@@ -219,6 +219,22 @@ class Trainer:
         real = strategy.all_reduce_sum(float(self.row_lengths[np.concatenate(rows)].sum()))  # non-padding tokens, all ranks
         return {**out, objective.weight_name: int(total), "real_tokens": int(real)}
 
+    def guarded_step(self) -> dict[str, Any]:
+        """:meth:`train_step`; a step that runs out of GPU memory is retried once after the plan's
+        fallback (``speed: auto`` chose the levers), with what it changed in the log."""
+        import torch
+
+        try:
+            return self.train_step()
+        except torch.OutOfMemoryError:
+            fallback, self.plan.fallback = self.plan.fallback, None
+            if fallback is None:
+                raise
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        self.ctx.print(f"[yellow]{fallback(self.plan.model)}[/yellow]")
+        return self.train_step()
+
     def run(self) -> str:
         """Train to the end; returns ``done``, ``stopped`` (signal) or raises on NaN."""
         from .checkpoint import mark_best, prune, read_best
@@ -231,7 +247,7 @@ class Trainer:
             timer = time.perf_counter()
             while ctx.step < ctx.total_steps:
                 lr = self.scheduler.get_last_lr()[0]
-                metrics = self.train_step()
+                metrics = self.guarded_step()
                 if not math.isfinite(metrics["loss"]):
                     good = self._last_good()
                     raise FtcoreError(

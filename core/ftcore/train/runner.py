@@ -139,7 +139,13 @@ class Run:
         model = load_base_model(model_cfg, builder, strategy.device, self.precision, head=self.objective.head)
         if model.config.pad_token_id is None:  # a classification head finds each row's last token by it
             model.config.pad_token_id = tokenizer.pad_token_id
-        self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"], make_adapter(recipe, parts))
+        adapter = make_adapter(recipe, parts)
+        choice = self.choose_levers(model, adapter, strategy)
+        self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"], adapter)
+        if choice.can_fall_back:
+            from ..models.speed import fall_back
+
+            self.plan.fallback = fall_back
         model = self.plan.model
         trainable, total = count_parameters(model)
         quant = "" if model_cfg["quantization"] == "none" else f", base quantized to {model_cfg['quantization']}"
@@ -166,6 +172,23 @@ class Run:
         scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps, resumed, parts.schedules.get(train_cfg["schedule"]))
         ctx.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         ctx.plan = self.plan
+
+    def choose_levers(self, model: Any, adapter: Any, strategy: Any) -> Any:
+        """``speed: auto``: fill in the levers the recipe leaves null (a resumed run keeps its
+        checkpoint's), say what was chosen and why, and record it in the recipe checkpoints keep."""
+        import yaml
+
+        from ..models.speed import resolve
+
+        saved = self.resume_from / "recipe.yaml" if self.resume_from is not None else None
+        previous = yaml.safe_load(saved.read_text()) if saved is not None and saved.is_file() else None
+        choice = resolve(self.recipe, model, self.ctx.data.row_lengths(), adapter.trains_base, strategy.device, strategy, previous)
+        for section in ("model", "train"):
+            for key in ("micro_batch", "grad_accum", *choice.levers):
+                if key in self.recipe[section]:
+                    self.saved_recipe[section][key] = self.recipe[section][key]
+        self.log(choice.summary())
+        return choice
 
     def warn_small_data(self) -> None:
         """Say so when one optimizer step takes several passes over the data (a handful of samples

@@ -1,0 +1,223 @@
+"""``speed: auto``: the training levers chosen from the GPU's free memory and the run's shape.
+
+A lever the recipe sets is kept as set; ``auto`` fills in only the ones it leaves open (``null``).
+The choice is data — a :class:`Choice` with the values and the reason for each — made by
+:func:`choose` from a :class:`Shape` (read off the model's config) and the free memory, so it is
+unit-tested from synthetic figures. Memory is estimated per token and layer from measurements on
+an H200 (benchmarks/RESULTS.md, "speed: auto"); a chosen setting that still runs out of memory
+falls back once to gradient checkpointing (:meth:`Choice.fallback`).
+
+What is fastest, in order (measured, 1.8B and 7B shapes): no gradient checkpointing (recompute
+costs about a quarter of a step), then larger micro batches (up to about 16k tokens each), then
+``compile`` (1.5x on 1.8B LoRA, but a minute of compiling the first time: only for runs long
+enough to repay it). Offloading activations or embeddings only saves memory, so it is chosen only
+where nothing else fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The model levers, with their value where nothing chooses them (``speed: manual`` and CPU runs).
+MANUAL = {"gradient_checkpointing": True, "offload_activations": False, "offload_embeddings": False, "fused_lora": False, "compile": False}
+GIB = 2**30
+#: Tokens per micro batch beyond which a larger micro batch no longer speeds up a step.
+MAX_MICRO_TOKENS = 16384
+#: A run compiles when it trains at least this many tokens (about five minutes of a 1.8B LoRA on an
+#: H200: compiling the layers takes about a minute the first time and repays it from there).
+COMPILE_MIN_TOKENS = 10_000_000
+#: Share of a step's time left when layers are recomputed in backward (gradient checkpointing), measured.
+CHECKPOINTING_COST = 0.74
+#: Free memory ``auto`` leaves unplanned (allocator fragmentation, CUDA workspaces, the estimate's error).
+HEADROOM = 0.12
+RESERVE = 1.5 * GIB
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What memory and speed depend on, read off a model's config and the run's settings."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    kv_dim: int
+    max_length: int
+    #: the whole model trains (full fine-tune) rather than an adapter
+    trains_base: bool = False
+    #: LoRA rank (for the trainable-parameter estimate)
+    rank: int = 64
+    #: total parameters of the base (full fine-tunes: gradients and optimizer state for each)
+    params: int = 0
+    #: optimizer state bytes per trainable parameter (AdamW 8, 8-bit AdamW 2)
+    state_bytes: int = 8
+    #: tokens the whole run trains (an upper bound: rows x max_length x epochs)
+    run_tokens: int = 0
+
+    @classmethod
+    def of(cls, config: Any, max_length: int, trains_base: bool, rank: int, params: int, optimizer: str, run_tokens: int) -> "Shape":
+        text = getattr(config, "text_config", None) or config  # multimodal models: the language model's
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv = getattr(text, "num_key_value_heads", None) or heads
+        return cls(layers=text.num_hidden_layers, hidden=text.hidden_size, intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
+                   vocab=text.vocab_size, kv_dim=kv * head_dim, max_length=max_length, trains_base=trains_base, rank=rank,
+                   params=params, state_bytes=2 if "8bit" in optimizer else 8, run_tokens=run_tokens)
+
+    def trainable(self) -> int:
+        """Trainable parameters: every base weight, or LoRA on every linear layer of each decoder layer."""
+        if self.trains_base:
+            return self.params
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim
+        return self.layers * self.rank * (9 * h + 2 * kv + 3 * i)  # q, k, v, o, gate, up, down: rank x (in + out)
+
+    def layer_bytes(self, tokens: int, compiled: bool) -> int:
+        """Activations one decoder layer keeps for backward over ``tokens`` (bf16; compiled layers
+        keep fewer intermediates: the fused norm, RoPE and SwiGLU)."""
+        h, i = self.hidden, self.intermediate
+        per_token = 2 * (9 * h + 3 * i) if compiled else 2 * (13 * h + 4.5 * i)
+        return int(tokens * per_token)
+
+    def need(self, tokens: int, levers: dict[str, Any]) -> int:
+        """Bytes a step needs on the GPU beyond the loaded weights, with ``levers``."""
+        compiled = bool(levers.get("compile"))
+        one_layer = self.layer_bytes(tokens, compiled)
+        if not levers.get("gradient_checkpointing"):
+            acts = self.layers * one_layer
+        elif levers.get("offload_activations"):
+            acts = 2 * one_layer  # the layer being recomputed and the next one's prefetched input
+        else:
+            acts = self.layers * tokens * 2 * self.hidden + one_layer  # each layer's input, plus one layer replayed
+        # trainable weights in fp32 with their gradient (full fine-tunes: bf16 gradients), optimizer state
+        weights = self.trainable() * ((2 if self.trains_base else 8) + self.state_bytes)
+        head = 4 * 640 * self.vocab * 2 + tokens * self.hidden * 4  # a loss-head chunk's logits and gradient, the final hidden states
+        return int(acts + weights + head)
+
+
+@dataclass
+class Choice:
+    """The levers and micro batch ``auto`` settled on, and why."""
+
+    levers: dict[str, Any]
+    micro_batch: int
+    grad_accum: int
+    reasons: list[str] = field(default_factory=list)
+    #: whether a runtime out-of-memory may still turn gradient checkpointing on (once)
+    can_fall_back: bool = False
+
+    def summary(self) -> str:
+        on = [name.replace("_", " ") for name, value in self.levers.items() if value and name != "fused_lora"] + (["fused lora"] if self.levers.get("fused_lora") else [])
+        head = f"speed auto: micro batch {self.micro_batch} x grad_accum {self.grad_accum}; " + (", ".join(on) if on else "no extra levers")
+        return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
+
+
+def _options(rows_per_step: int, max_length: int) -> list[int]:
+    """Micro batches that divide the rows of an optimizer step, largest first, up to MAX_MICRO_TOKENS tokens."""
+    sizes = [m for m in range(1, rows_per_step + 1) if rows_per_step % m == 0 and (m == 1 or m * max_length <= MAX_MICRO_TOKENS)]
+    return sorted(sizes, reverse=True)
+
+
+def _speed(tokens: int, checkpointing: bool) -> float:
+    """Relative tokens/s of a micro batch of ``tokens`` (small batches leave the GPU waiting on launches)."""
+    return tokens / (tokens + 3000) * (CHECKPOINTING_COST if checkpointing else 1.0)
+
+
+def choose(shape: Shape, free: int, model_cfg: dict[str, Any], train_cfg: dict[str, Any], cuda: bool) -> Choice:
+    """The levers for a run: those ``model_cfg``/``train_cfg`` set (non-null) are kept; the rest are
+    chosen for speed within ``free`` bytes of GPU memory (measured after the weights loaded)."""
+    fixed = {k: model_cfg.get(k) for k in MANUAL if model_cfg.get(k) is not None}
+    user_micro = train_cfg.get("micro_batch")
+    grad_accum = train_cfg["grad_accum"]
+    if not cuda:
+        levers = {**MANUAL, **fixed}
+        return Choice(levers, user_micro or 1, grad_accum, ["a CPU run: the levers as the recipe sets them, gradient checkpointing on otherwise"])
+    reasons: list[str] = []
+    levers = dict(fixed)
+    if "compile" not in fixed:
+        levers["compile"] = shape.run_tokens >= COMPILE_MIN_TOKENS
+        reasons.append(f"compile {'on' if levers['compile'] else 'off'}: the run trains up to {shape.run_tokens / 1e6:.1f}M tokens "
+                       f"({'enough' if levers['compile'] else 'too few'} to repay about a minute of compiling; threshold {COMPILE_MIN_TOKENS / 1e6:.0f}M)")
+    if levers.get("offload_activations"):
+        levers.setdefault("gradient_checkpointing", True)  # offload keeps the checkpointed layers' inputs
+    budget = max(0, int(free * (1 - HEADROOM) - RESERVE))
+    sizes = [user_micro] if user_micro else _options(grad_accum, shape.max_length)
+    rows_per_step = (user_micro or 1) * grad_accum
+    candidates = []
+    for gc in ([levers["gradient_checkpointing"]] if "gradient_checkpointing" in levers else [False, True]):
+        for m in sizes:
+            trial = {**MANUAL, **levers, "gradient_checkpointing": gc}
+            if shape.need(m * shape.max_length, trial) <= budget:
+                candidates.append((_speed(m * shape.max_length, gc), m, gc))
+    if candidates:
+        _, micro, gc = max(candidates)
+        levers["gradient_checkpointing"] = gc
+        need = shape.need(micro * shape.max_length, {**MANUAL, **levers})
+        reasons.append(f"gradient checkpointing {'on' if gc else 'off'}, micro batch {micro} ({micro * shape.max_length} tokens): "
+                       f"about {need / GIB:.1f} GiB of the {free / GIB:.1f} GiB free" + ("" if gc else " without recomputing layers"))
+    else:  # nothing fits as is: keep every layer's input in CPU memory, and the embeddings
+        micro, gc = sizes[-1], True
+        levers.update(gradient_checkpointing=True)
+        levers.setdefault("offload_activations", True)
+        levers.setdefault("offload_embeddings", True)
+        need = shape.need(micro * shape.max_length, {**MANUAL, **levers})
+        reasons.append(f"tight memory ({free / GIB:.1f} GiB free, about {need / GIB:.1f} GiB needed at micro batch {micro}): "
+                       "gradient checkpointing with layer inputs and embeddings in CPU memory")
+    for lever, value in MANUAL.items():
+        levers.setdefault(lever, value)
+    if user_micro is None and micro != 1:
+        reasons.append(f"{rows_per_step} rows an optimizer step as the recipe has them: {micro} per micro batch x {rows_per_step // micro}")
+    can_fall_back = not levers["gradient_checkpointing"] and "gradient_checkpointing" not in fixed
+    return Choice(levers, micro, rows_per_step // micro, reasons, can_fall_back)
+
+
+def resolve(recipe: Any, model: Any, row_lengths: Any, trains_base: bool, device: Any, strategy: Any, previous: Any = None) -> Choice:
+    """Choose the levers ``recipe`` leaves null for ``model`` (loaded, on ``device``) and write them
+    into the recipe. ``row_lengths``: tokens in each packed row of the training data; ``previous``:
+    the recipe of the checkpoint a run resumes from, whose choices it keeps (the same schedule)."""
+    model_cfg, train_cfg, adapter_cfg = recipe["model"], recipe["train"], recipe["adapter"]
+    if previous is not None:
+        for key in MANUAL:
+            if model_cfg.get(key) is None:
+                model_cfg[key] = previous["model"].get(key)
+        if train_cfg.get("micro_batch") is None:
+            train_cfg["micro_batch"], train_cfg["grad_accum"] = previous["train"]["micro_batch"], previous["train"]["grad_accum"]
+    cuda = device.type == "cuda"
+    free = 0
+    if cuda:
+        import torch
+
+        free = int(strategy.all_reduce_sum(float(torch.cuda.mem_get_info(device)[0]) if strategy.is_main else 0.0))  # rank 0's figure: every rank chooses alike
+    import numpy as np
+
+    row_lengths = np.asarray(row_lengths)
+    rows = len(row_lengths)
+    rows_per_step = (train_cfg.get("micro_batch") or 1) * train_cfg["grad_accum"] * strategy.world_size
+    steps = train_cfg["max_steps"] or -(-int(train_cfg["epochs"] * rows) // rows_per_step)
+    mean_row = float(row_lengths.mean()) if rows else 0.0
+    shape = Shape.of(model.config, int(row_lengths.max()) if rows else 1, trains_base, int(adapter_cfg.get("r") or 64),
+                     sum(p.numel() for p in model.parameters()), train_cfg["optimizer"], run_tokens=int(steps * rows_per_step * mean_row))
+    choice = choose(shape, free, model_cfg, train_cfg, cuda)
+    if strategy.world_size > 1:
+        choice.can_fall_back = False
+    model_cfg.update(choice.levers)
+    train_cfg["micro_batch"], train_cfg["grad_accum"] = choice.micro_batch, choice.grad_accum
+    return choice
+
+
+def describe(data: dict[str, Any]) -> str:
+    """One line for ``run --dry-run``: the levers the recipe sets and those ``auto`` will choose."""
+    levers = {**{k: data["model"].get(k) for k in MANUAL}, "micro_batch": data["train"].get("micro_batch")}
+    open_ = [k for k, v in levers.items() if v is None]
+    set_ = [f"{k}={v}" for k, v in levers.items() if v is not None]
+    mode = data.get("speed", "auto")
+    if mode == "auto" and open_:
+        return f"auto: {', '.join(open_)} chosen from the GPU's free memory when the model has loaded" + (f"; set: {', '.join(set_)}" if set_ else "")
+    return f"{mode}: {', '.join(set_)}"
+
+
+def fall_back(model: Any) -> str:
+    """After an out-of-memory error under ``speed: auto``: turn gradient checkpointing on (once)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return ("speed auto: the step ran out of GPU memory without gradient checkpointing; "
+            "turned it on and retrying the step (set model.gradient_checkpointing=true to start that way)")
