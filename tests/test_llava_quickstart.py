@@ -90,9 +90,10 @@ def test_the_export_answers_through_plain_transformers_with_ftcore_chats_greedy_
             theirs = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
             ours = chat.model.generate(torch.tensor([ids]), pixel_values=extra["pixel_values"], max_new_tokens=16, do_sample=False, eos_token_id=stops)[0, len(ids):].tolist()
         assert theirs == ours and theirs[-1] in stops, (name, theirs, ours)  # the exported generation_config stops at <|im_end|>
-        cli = run_cli("chat", str(work_dir / "tiny-llm"), "--llava", str(work_dir / "checkpoint-40"), "--visual-encoder", str(work_dir / "tiny-clip"),
-                      "--image", str(image), "--prompt", PROMPT, "--temperature", "0", check=True)
-        assert cli.stdout.strip().splitlines()[-1] == processor.decode(theirs, skip_special_tokens=True) == CAPTIONS[name]
+        assert processor.decode(theirs, skip_special_tokens=True) == CAPTIONS[name]
+    cli = run_cli("chat", str(work_dir / "tiny-llm"), "--llava", str(work_dir / "checkpoint-40"), "--visual-encoder", str(work_dir / "tiny-clip"),
+                  "--image", str(image), "--prompt", PROMPT, "--temperature", "0", check=True)
+    assert cli.stdout.strip().splitlines()[-1] == processor.decode(theirs, skip_special_tokens=True)  # the last picture's answer, as a user sees it
 
 
 def test_stage_one_is_logged_as_the_projector_training_not_lora(quickstart, tmp_path) -> None:
