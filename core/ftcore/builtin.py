@@ -77,9 +77,11 @@ def register_commands(cli) -> None:
     from .chat.commands import add_chat_commands
     from .data.commands import data
     from .evaluate.commands import eval_cmd
+    from .export.commands import export_cmd
     from .train.plot import plot_cmd
 
     cli.add_command(data)
     cli.add_command(plot_cmd)
     cli.add_command(eval_cmd)
     add_chat_commands(cli)
+    cli.add_command(export_cmd)
