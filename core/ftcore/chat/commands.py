@@ -156,11 +156,16 @@ def merge_cmd(app: Any, base: str, adapter: str, out: str, max_shard_size: str, 
     """
     from .merge import merge_adapter
 
+    from .resolve import model_config
+
     merge_adapter(
         app.parts, base, adapter, out, max_shard_size=max_shard_size, dtype=dtype, fmt=fmt,
         builder=builder, template=template, force=force, trust_remote_code=trust_remote_code, log=click.echo, before_load=_quiet,
     )
-    click.echo(f"next: ftcore chat {out}")
+    if any(str(a).endswith("ForSequenceClassification") for a in model_config(out).get("architectures") or []):
+        click.echo(f"a reward model: AutoModelForSequenceClassification.from_pretrained({out!r}) scores tokenizer.apply_chat_template(conversation)")
+    else:
+        click.echo(f"next: ftcore chat {out}   (deploy: ftcore export {out} OUT.gguf, or vllm serve {out})")
 
 
 @click.command("chat", cls=ModelCommand)
