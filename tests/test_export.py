@@ -173,3 +173,33 @@ def test_llama_cpp_tokenizes_and_answers_greedily_as_transformers(merged, tmp_pa
         if llm.token_eos() == token or len(got) == 40:
             break
     assert got == want and got[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_a_sentencepiece_tokenizer_becomes_llama_cpp_s_spm_vocabulary(tmp_path, tiny_llama) -> None:
+    """tokenizer.model (InternLM2's kind): every piece with its score and type, the added tokens, padding to the embedding."""
+    import gguf
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from ftcore.export.vocab import read_vocab
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["Who are you? I am an AI assistant.", "The quick brown fox jumps over the lazy dog.", "你好，我是助手。"] * 50))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "tokenizer"), vocab_size=400, model_type="bpe",
+                                   byte_fallback=True, character_coverage=1.0, user_defined_symbols=["<|im_start|>", "<|im_end|>"])
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))  # only its added tokens are read: give them ids past the pieces
+    tok.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
+    size = max(sp.vocab_size(), max(tok.added_tokens_decoder) + 1) + 3
+    vocab = read_vocab(tmp_path, tok, size)
+
+    assert vocab.model == "llama" and vocab.add_space_prefix is True and len(vocab.tokens) == size
+    pieces = range(sp.vocab_size())
+    added = set(tok.added_tokens_decoder)
+    for i in (i for i in pieces if i not in added):
+        assert vocab.tokens[i] == sp.id_to_piece(i) and vocab.scores[i] == sp.get_score(i), i
+    assert [vocab.types[i] for i in pieces if sp.is_byte(i) and i not in added][:3] == [gguf.TokenType.BYTE] * 3
+    assert vocab.types[sp.unk_id()] in (gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL)
+    extra = tok.convert_tokens_to_ids("<|extra|>")
+    assert vocab.tokens[extra] == "<|extra|>" and vocab.types[extra] == gguf.TokenType.CONTROL
+    assert vocab.tokens[-1] == f"[PAD{size - 1}]" and vocab.types[-1] == gguf.TokenType.UNUSED
