@@ -123,7 +123,8 @@ def test_same_strings_templates_stay_in_sync() -> None:
     assert strings(TEMPLATES["deepseek_coder"]) == strings(TEMPLATES["deepseekcoder"])
 
 
-@pytest.mark.parametrize("name", ["internlm2_chat", "llama3_chat", "qwen_chat"])
+@pytest.mark.parametrize("name", ["internlm2_chat", "llama3_chat", "qwen_chat", "qwen2_5_chat", "qwen3_chat", "mistral_instruct", "gemma2_chat",
+                                  "gemma3_chat", "phi3_instruct", "phi4_chat"])
 def test_jinja_field_is_the_models_public_chat_template(name: str) -> None:
     assert TEMPLATES[name].jinja == (JINJA / f"{name}.jinja").read_text(encoding="utf-8")
 

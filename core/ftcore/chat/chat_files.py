@@ -107,8 +107,9 @@ def _update_json(path: Path, update: Callable[[dict[str, Any]], None]) -> None:
 
 
 def writes_jinja(template: Any) -> bool:
-    """Whether ``template`` replaces the tokenizer's chat_template (``hf`` renders with the tokenizer's own)."""
-    return template is not None and not template.use_tokenizer_template
+    """Whether ``template`` replaces the tokenizer's chat_template (``hf`` renders with the tokenizer's own;
+    a family's Jinja template, e.g. ``qwen2_5_chat``, is written as it is)."""
+    return template is not None and (not template.use_tokenizer_template or bool(template.jinja))
 
 
 def save_tokenizer(folder: str | Path, tokenizer: Any, template: Any, system: str | None = None) -> None:

@@ -53,8 +53,9 @@ def _is_one_exchange(messages: Any) -> bool:
         return False
 
 
-def _check_messages(messages: Any, *, need_answer: bool) -> list[Message]:
-    """Validate a conversation's shape; raise :class:`RecordError` saying what is wrong."""
+def _check_messages(messages: Any, *, need_answer: bool, tools: bool = False) -> list[Message]:
+    """Validate a conversation's shape; raise :class:`RecordError` saying what is wrong. ``tools``: the
+    template renders tool calls (a Jinja one), so ``tool`` results and assistant ``tool_calls`` may appear."""
     if need_answer and type(messages) is list and _is_one_exchange(messages):
         return messages
     if not isinstance(messages, list) or not messages:
@@ -63,8 +64,11 @@ def _check_messages(messages: Any, *, need_answer: bool) -> list[Message]:
         if not isinstance(msg, dict):
             raise RecordError(f"messages[{i}] must be a mapping with role and content, got {type(msg).__name__}", f"messages[{i}]")
         role = msg.get("role")
-        if role not in ROLES:
-            raise RecordError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
+        if (role == "tool" or msg.get("tool_calls")) and not tools:
+            raise RecordError(f"messages[{i}] is a tool {'result' if role == 'tool' else 'call'}, which this template cannot render",
+                              f"messages[{i}].{'role' if role == 'tool' else 'tool_calls'}")
+        if role not in ROLES and role != "tool":
+            raise RecordError(f"messages[{i}].role must be one of {', '.join(ROLES + (('tool',) if tools else ()))}, got {role!r}", f"messages[{i}].role")
         if not isinstance(msg.get("content"), str):
             raise RecordError(f"messages[{i}].content must be a string, got {type(msg.get('content')).__name__}", f"messages[{i}].content")
         if role == "assistant" and not isinstance(msg.get("loss", True), bool):
@@ -77,14 +81,14 @@ def _check_messages(messages: Any, *, need_answer: bool) -> list[Message]:
     if body[0]["role"] != "user":
         raise RecordError("the conversation starts with an assistant message; it must start with a user message (after an optional system message)", "messages")
     for prev, cur in zip(body, body[1:]):
-        if prev["role"] == cur["role"]:
+        if prev["role"] == cur["role"] and cur["role"] != "tool":
             i = messages.index(cur)
             raise RecordError(f"messages[{i}]: two {cur['role']} messages in a row; user and assistant turns must alternate", f"messages[{i}].role")
     if need_answer:
         if not any(m["role"] == "assistant" for m in body):
             raise RecordError("the conversation has no assistant message, so there is nothing to train", "messages")
         if body[-1]["role"] != "assistant":
-            raise RecordError("the conversation ends with a user message that has no answer; end it with an assistant message", "messages")
+            raise RecordError(f"the conversation ends with a {body[-1]['role']} message that has no answer; end it with an assistant message", "messages")
     elif body[-1]["role"] != "user":
         raise RecordError("a chat prompt must end with the user message to answer", "messages")
     return messages
@@ -146,9 +150,12 @@ def _template_pieces(
     return pieces
 
 
-def _chat_template_of(tokenizer: Any) -> str:
+def _chat_template_of(tokenizer: Any, template: PromptTemplate | None = None) -> str:
+    """The Jinja to render with: the template's own (a model family's, kept as data), else the tokenizer's."""
     if tokenizer is None:
-        raise FtcoreError("the hf template renders with the tokenizer's chat_template, so it needs the tokenizer")
+        raise FtcoreError("a Jinja chat template renders with the tokenizer (its special tokens), so it needs the tokenizer")
+    if template is not None and template.jinja:
+        return template.jinja
     chat_template = getattr(tokenizer, "chat_template", None)
     if not chat_template:
         raise FtcoreError(
@@ -158,18 +165,22 @@ def _chat_template_of(tokenizer: Any) -> str:
     return chat_template
 
 
-def _hf_messages(messages: list[Message], system: str | None) -> list[dict[str, str]]:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+#: what a message carries into a Jinja template besides role and content (OpenAI's tool-call fields)
+JINJA_KEYS = ("tool_calls", "tool_call_id", "name")
+
+
+def _hf_messages(messages: list[Message], system: str | None) -> list[dict[str, Any]]:
+    plain = [{"role": m["role"], "content": m["content"], **{k: m[k] for k in JINJA_KEYS if m.get(k) is not None}} for m in messages]
     if plain[0]["role"] != "system" and system:
         plain.insert(0, {"role": "system", "content": system})
     return plain
 
 
-def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+def _apply(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool, chat_template: str | None = None, tools: list | None = None) -> str:
     from jinja2 import TemplateError
 
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        text = tokenizer.apply_chat_template(messages, chat_template=chat_template, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt)
     except TemplateError as exc:  # e.g. the template's raise_exception("roles must alternate ...")
         raise RecordError(f"the tokenizer's chat_template refused this conversation: {exc}", "messages") from None
     if not isinstance(text, str):
@@ -177,26 +188,32 @@ def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bo
     return text
 
 
-def _hf_pieces(messages: list[Message], tokenizer: Any, system: str | None) -> list[_Piece]:
-    """A conversation rendered by the tokenizer's chat_template, cut into trained/untrained spans.
+def _hf_pieces(messages: list[Message], tokenizer: Any, system: str | None, template: PromptTemplate | None = None, tools: list | None = None) -> list[_Piece]:
+    """A conversation rendered by a Jinja chat template (the template's own, else the tokenizer's; with
+    the record's ``tools``), cut into trained/untrained spans.
 
     The span of assistant turn ``k`` starts where the rendering of ``messages[:k]`` with
     the generation prompt ends and stops where the rendering of ``messages[:k+1]`` ends,
-    so whatever the template writes to close the answer is trained with it.
+    so whatever the template writes to close the answer is trained with it (an EOS that a
+    template such as Phi-3's writes only after the last message closes the last answer).
+    Tool results and everything but the assistant turns stay untrained.
     """
-    _chat_template_of(tokenizer)
-    _check_messages(messages, need_answer=True)
+    chat_template = _chat_template_of(tokenizer, template)
+    _check_messages(messages, need_answer=True, tools=True)
     plain = _hf_messages(messages, system)
     offset = len(plain) - len(messages)  # 1 when the recipe's system prompt was put in front
     losses = [True] * offset + [bool(m.get("loss", True)) for m in messages]
-    full = _apply(tokenizer, plain, False)
+    full = _apply(tokenizer, plain, False, chat_template, tools)
+    eos = getattr(tokenizer, "eos_token", None)
     pieces: list[_Piece] = []
     pos = 0
     for k, msg in enumerate(plain):
         if msg["role"] != "assistant":
             continue
-        start = _apply(tokenizer, plain[:k], True)
-        end = _apply(tokenizer, plain[: k + 1], False)
+        start = _apply(tokenizer, plain[:k], True, chat_template, tools)
+        end = _apply(tokenizer, plain[: k + 1], False, chat_template, tools)
+        if eos and k + 1 < len(plain) and end.endswith(eos) and not full.startswith(end):
+            end = end[: -len(eos)]  # the conversation's closing EOS, not this turn's
         if not (end.startswith(start) and full.startswith(end) and len(start) >= pos):
             raise FtcoreError(
                 "cannot find the assistant turns in this tokenizer's chat_template: rendering a conversation's "
@@ -219,6 +236,7 @@ def render_segments(
     system: str | None = None,
     *,
     tokenizer: Any = None,
+    tools: list | None = None,
 ) -> list[tuple[str, bool]]:
     """The conversation as text segments with a trained flag, in order.
 
@@ -231,7 +249,7 @@ def render_segments(
     (empty, assistant first, two user or assistant turns in a row, no assistant turn).
     """
     if _is_hf(template):
-        return [(str(text), trained) for text, trained in _hf_pieces(messages, tokenizer, system)]
+        return [(str(text), trained) for text, trained in _hf_pieces(messages, tokenizer, system, template, tools)]
     pieces = _template_pieces(messages, template, system, need_answer=True)
     return [(text, trained) for text, trained in pieces if isinstance(text, str) and text]
 
@@ -255,9 +273,9 @@ def render_prompt(
     ``tokenizer``. The ``hf`` template renders with ``tokenizer.apply_chat_template``.
     """
     if _is_hf(template):
-        _chat_template_of(tokenizer)
+        chat_template = _chat_template_of(tokenizer, template)
         _check_messages(messages, need_answer=False)
-        return _apply(tokenizer, _hf_messages(messages, system), True)
+        return _apply(tokenizer, _hf_messages(messages, system), True, chat_template)
     eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
     bos = bos_token if template.bos != "none" else None
     pieces = _template_pieces(messages, template, system, need_answer=False, bos_id=bos, eos_id=eos)
@@ -348,7 +366,7 @@ def _sample_pieces(
         if template is None:
             raise FtcoreError("chat data needs a template", where="data.template", hint="name one from `ftcore list templates`")
         if _is_hf(template):
-            return _hf_pieces(sample["messages"], tokenizer, system)
+            return _hf_pieces(sample["messages"], tokenizer, system, template, sample.get("tools"))
         bos = bos_id if template.bos != "none" else None
         return _template_pieces(sample["messages"], template, system, need_answer=True, bos_id=bos, eos_id=eos_id)
     if "text" in sample:

@@ -138,6 +138,8 @@ def sample_turns(sample: Record, target: str) -> list[tuple[str, str, str]]:
 
     for i, m in enumerate(sample_messages(sample, target)):
         role, content = m["role"], m["content"]
+        if role not in ("system", "user", "assistant") or m.get("tool_calls"):
+            fail(f"message {i} is a tool call or result; {target} cannot hold tool calls (openai can)")
         if role == "system":
             if user is not None:
                 fail(f"message {i} is a system message between a user message and its reply; {target} cannot hold that")

@@ -47,7 +47,8 @@ class PromptTemplate:
     stop_words: tuple[str, ...] = ()
     bos: str = "first"
     default_system: str | None = None
-    #: ``True`` for the ``hf`` template: render with the tokenizer's own Jinja chat_template.
+    #: Render with a Jinja chat template instead of the fields above: ``jinja`` when given (a model
+    #: family's own template, kept as data), else the tokenizer's own (the ``hf`` template).
     use_tokenizer_template: bool = False
     #: The model's public Jinja chat template equivalent to this one (written on merge).
     jinja: str | None = None

@@ -125,8 +125,20 @@ class LossHead(nn.Module):
 def install_loss_head(model: Any, chunk: int | None = None) -> bool:
     """Swap the model's output linear layer for a ``LossHead``; False when it has none.
 
-    ``chunk`` is tokens per chunk (default: see :class:`LossHead`).
+    ``chunk`` is tokens per chunk (default: see :class:`LossHead`). A model that caps its logits
+    after the head (Gemma 2's ``final_logit_softcapping``) would cap the loss the head returns as
+    if it were logits, so it is refused.
     """
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:
+        from ..errors import FtcoreError
+
+        raise FtcoreError(
+            f"model.chunked_loss: {type(model).__name__} caps its logits after the output layer (final_logit_softcapping={cap}), "
+            "which the chunked loss head cannot do inside the model",
+            where="model.chunked_loss",
+            hint="set model.chunked_loss=false (the Gemma 2 recipes do)",
+        )
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return False

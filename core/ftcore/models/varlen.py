@@ -70,10 +70,29 @@ class _FlashVarlen(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def _segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float) -> torch.Tensor:
+def _capped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float | None, window: int | None) -> torch.Tensor:
+    """One sample's causal attention with Gemma 2's score capping (``softcap * tanh(s / softcap)``)
+    and a sliding window (a token sees itself and the ``window - 1`` before it), as transformers'
+    eager attention computes them; (H, L, D) in and out."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    i = torch.arange(q.shape[-2], device=q.device)
+    allowed = i[None, :] <= i[:, None]
+    if window:
+        allowed &= i[None, :] > i[:, None] - window
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+
+
+def _segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float, softcap: float | None = None, window: int | None = None) -> torch.Tensor:
     outs = []
     for a, b in zip(bounds[:-1], bounds[1:]):  # a loop over samples, not tokens
-        outs.append(F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True, scale=scale).transpose(0, 1))
+        qs, ks, vs = q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)
+        if softcap or (window and b - a > window):
+            outs.append(_capped(qs, ks, vs, scale, softcap, window).transpose(0, 1))
+        else:
+            outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale).transpose(0, 1))
     return torch.cat(outs)
 
 
@@ -85,25 +104,36 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     if attention_mask is not None or position_ids is None or key.shape[2] != length:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+        if kwargs.get("softcap"):  # SDPA cannot cap scores: the model's own eager attention can (generation, padded batches)
+            import sys
+
+            eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+            if eager is not None:
+                return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = scaling if scaling is not None else d**-0.5
     q = query.transpose(1, 2).reshape(b * length, h, d)
     k = key.transpose(1, 2).reshape(b * length, -1, d)
     v = value.transpose(1, 2).reshape(b * length, -1, d)
     cu, longest, bounds = _boundaries(position_ids, b)
+    # Gemma 2 caps attention scores, and sliding-window layers (Gemma 2/3, Mistral v0.1) look back only
+    # so far: the flash kernel here does neither, so those samples take the exact per-sample path
+    softcap, window = kwargs.get("softcap"), kwargs.get("sliding_window")
+    exact = bool(softcap) or bool(window and longest > window)
     half = q.dtype in (torch.float16, torch.bfloat16)
     if q.is_cuda and not half and torch.is_autocast_enabled("cuda"):
         # fp32 norms (k-bit preparation) make q/k/v fp32 after RoPE; autocast would run
         # attention in half precision anyway, so the flash kernel computes the same thing.
         dtype = torch.get_autocast_dtype("cuda")
         q, k, v, half = q.to(dtype), k.to(dtype), v.to(dtype), True
-    if q.is_cuda and half and d <= 256:  # grouped K/V heads go in as they are: the kernel shares them
+    if q.is_cuda and half and d <= 256 and not exact:  # grouped K/V heads go in as they are: the kernel shares them
         out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, longest, scale).to(query.dtype)
     else:
         groups = h // k.shape[1]
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = _segments(q, k, v, bounds if bounds is not None else cu.tolist(), scale)
+        out = _segments(q, k, v, bounds if bounds is not None else cu.tolist(), scale, softcap, window)
     return out.reshape(b, length, h, d), None
 
 

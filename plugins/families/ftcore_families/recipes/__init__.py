@@ -1,0 +1,1 @@
+"""Recipes shipped by the families plugin (YAML data files)."""
