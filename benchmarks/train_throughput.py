@@ -220,7 +220,7 @@ def run_case(args: argparse.Namespace) -> dict:
     tps = tokens / elapsed
     flops = (6 if method == "full" else 4) * n_matmul
     return {"case": args.case, "model": args.model, "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "tflops": tps * flops / 1e12, "steps": done, "gc": gc, "micro_batch": args.micro_batch}
+            "tflops": tps * flops / 1e12, "steps": done, "gc": getattr(args, "gc_chosen", gc), "micro_batch": args.micro_batch}
 
 
 def make_batches(side: str, batching: str, samples, args):
@@ -342,17 +342,36 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     from ftcore.train.objective import loss_sum
     from ftcore.train.optim import build_optimizer
 
+    auto = "auto" in args.mods  # what `ftcore run` picks with no flags (speed: auto, levers left null)
+    levers = {} if auto else {"gradient_checkpointing": gc, "compile": "compile" in args.mods, "offload_activations": "offload" in args.mods,
+                              "offload_embeddings": "cpuemb" in args.mods, "fused_lora": "fused" in args.mods}
     recipe = Recipe({
-        "model": {"builder": "hf", "path": str(ckpt), "gradient_checkpointing": gc, "attn_implementation": args.attn,
-                  "chunked_loss": args.chunked_loss == "on", "compile": "compile" in args.mods, "offload_activations": "offload" in args.mods,
-                  "offload_embeddings": "cpuemb" in args.mods, "fused_lora": "fused" in args.mods},
+        "model": {"builder": "hf", "path": str(ckpt), "attn_implementation": args.attn, "chunked_loss": args.chunked_loss == "on", **levers},
         "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": lora_dropout(args)},
-        "data": {"path": "unused"},
-        "train": {"optimizer": args.optimizer, "lr": 1e-4},
+        "data": {"path": "unused", "max_length": args.max_length},
+        "train": {"optimizer": args.optimizer, "lr": 1e-4, "grad_accum": 16},
     }, "benchmark")
     validate(recipe)
     device = torch.device("cuda", 0)
     model = load_base_model(recipe["model"], HFBuilder(), device, "bf16")
+    if auto:
+        import numpy as np
+
+        from ftcore.models.speed import resolve
+
+        class OneProcess:
+            world_size, is_main = 1, True
+
+            def all_reduce_sum(self, value):
+                return value
+
+        # a run of --auto-tokens tokens in full rows, 16 rows an optimizer step (the shipped recipes' grad_accum)
+        rows = np.full(args.auto_tokens // args.max_length, args.max_length)
+        choice = resolve(recipe, model, rows, method == "full", device, OneProcess())
+        print("  " + choice.summary().replace("\n", "\n  "), flush=True)
+        args.micro_batch = choice.micro_batch
+        args.mods.update(m for m, key in (("compile", "compile"), ("offload", "offload_activations"), ("cpuemb", "offload_embeddings"), ("fused", "fused_lora")) if recipe["model"][key])
+        args.gc_chosen = recipe["model"]["gradient_checkpointing"]
     if "liger" in args.mods:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
@@ -499,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--long-context", action="store_true")
     p.add_argument("--max-context", type=int, default=131072)
+    p.add_argument("--auto-tokens", type=int, default=50_000_000, help="+auto: the length of the run speed auto plans for (compile pays off on long runs)")
     p.add_argument("--json", help="append results as JSON lines to this file")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of two more steps per case")
     return p
