@@ -18,7 +18,11 @@ from typing import Any
 
 from ftcore.api import DatasetFormat, RecordError, require, sample_extras, sample_messages, sample_turns
 
+from . import tools
+
 ROLES = ("system", "user", "assistant")
+#: roles of the openai format: a ``tool`` message carries a function's result
+OPENAI_ROLES = (*ROLES, "tool")
 
 #: The system prompt the ``medical`` format adds when a record carries none.
 MEDICAL_SYSTEM = (
@@ -81,10 +85,20 @@ def _openai_message(message: Any, where: str) -> dict[str, Any]:
     role = message.get("role")
     if role is None:
         raise RecordError(f"missing field '{where}.role'", f"{where}.role")
-    if role not in ROLES:
-        raise RecordError(f"field '{where}.role' is {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role")
-    content = _text(message.get("content"), f"{where}.content")
+    if role not in OPENAI_ROLES:
+        raise RecordError(f"field '{where}.role' is {role!r}; expected one of {', '.join(OPENAI_ROLES)}", f"{where}.role")
+    calls = message.get("tool_calls")
+    if calls is not None and role != "assistant":
+        raise RecordError(f"field '{where}.tool_calls': only an assistant message calls tools (this one is {role!r})", f"{where}.tool_calls")
+    # an assistant message that calls tools may say nothing (OpenAI writes content: null)
+    content = _text(message.get("content"), f"{where}.content", optional=calls is not None)
     out: dict[str, Any] = {"role": role, "content": content}
+    if calls is not None:
+        out["tool_calls"] = tools.tool_calls(calls, f"{where}.tool_calls")
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if message.get(key) is not None:
+                out[key] = _text(message[key], f"{where}.{key}")
     loss = message.get("loss")
     if loss is not None:
         if not isinstance(loss, bool):
@@ -95,9 +109,15 @@ def _openai_message(message: Any, where: str) -> dict[str, Any]:
 
 
 def openai(record: dict[str, Any]) -> dict[str, Any]:
-    """``{"messages": [{role, content, loss?}]}`` validated and normalised."""
+    """``{"messages": [{role, content, loss?}], tools?}`` validated and normalised; ``tool`` results and
+    assistant ``tool_calls`` as OpenAI writes them (see :mod:`ftcore_formats.tools`)."""
     messages = [_openai_message(m, f"messages[{i}]") for i, m in enumerate(_items(record, "messages"))]
-    return {"messages": _finish(messages, "messages"), **_extras(record, ("messages",))}
+    extra = _extras(record, ("messages", "tools"))
+    if record.get("tools") is not None:
+        extra = {"tools": tools.tools_list(record["tools"]), **extra}
+    if extra.get("tools") or any(m["role"] == "tool" or "tool_calls" in m for m in messages):
+        tools.check_sequence(messages, extra.get("tools"))
+    return {"messages": _finish(messages, "messages"), **extra}
 
 
 def openai_export(sample: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +220,10 @@ def sharegpt(record: dict[str, Any]) -> dict[str, Any]:
 
 def sharegpt_export(sample: dict[str, Any]) -> dict[str, Any]:
     names = {"system": "system", "user": "human", "assistant": "gpt"}
-    turns = [{"from": names[m["role"]], "value": m["content"]} for m in sample_messages(sample, "sharegpt")]
+    messages = sample_messages(sample, "sharegpt")
+    if any(m["role"] not in names or m.get("tool_calls") for m in messages):
+        raise RecordError("sharegpt cannot hold tool calls or results (openai can)", "messages")
+    turns = [{"from": names[m["role"]], "value": m["content"]} for m in messages]
     return {"conversations": turns, **sample_extras(sample)}
 
 
@@ -266,7 +289,7 @@ def _has_list(key: str):
 
 FORMATS = [
     DatasetFormat(
-        "openai", openai, _has_list("messages"), "{messages: [{role, content, loss?}]} (system/user/assistant)", export=openai_export
+        "openai", openai, _has_list("messages"), "{messages: [{role, content, loss?}], tools?} (system/user/assistant/tool, tool_calls)", export=openai_export
     ),
     DatasetFormat(
         "alpaca",
