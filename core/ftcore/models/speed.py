@@ -123,15 +123,15 @@ def _speed(tokens: int, checkpointing: bool) -> float:
     return tokens / (tokens + 3000) * (CHECKPOINTING_COST if checkpointing else 1.0)
 
 
-def choose(shape: Shape, free: int, model_cfg: dict[str, Any], train_cfg: dict[str, Any], cuda: bool) -> Choice:
+def choose(shape: Shape | None, free: int, model_cfg: dict[str, Any], train_cfg: dict[str, Any], cuda: bool) -> Choice:
     """The levers for a run: those ``model_cfg``/``train_cfg`` set (non-null) are kept; the rest are
     chosen for speed within ``free`` bytes of GPU memory (measured after the weights loaded)."""
     fixed = {k: model_cfg.get(k) for k in MANUAL if model_cfg.get(k) is not None}
     user_micro = train_cfg.get("micro_batch")
     grad_accum = train_cfg["grad_accum"]
-    if not cuda:
-        levers = {**MANUAL, **fixed}
-        return Choice(levers, user_micro or 1, grad_accum, ["a CPU run: the levers as the recipe sets them, gradient checkpointing on otherwise"])
+    if not cuda or shape is None:
+        why = "a CPU run" if not cuda else "the model's config does not give its shape (layers, hidden size, heads)"
+        return Choice({**MANUAL, **fixed}, user_micro or 1, grad_accum, [f"{why}: the levers as the recipe sets them, gradient checkpointing on otherwise"])
     reasons: list[str] = []
     levers = dict(fixed)
     if "compile" not in fixed:
@@ -195,8 +195,11 @@ def resolve(recipe: Any, model: Any, row_lengths: Any, trains_base: bool, device
     rows_per_step = (train_cfg.get("micro_batch") or 1) * train_cfg["grad_accum"] * strategy.world_size
     steps = train_cfg["max_steps"] or -(-int(train_cfg["epochs"] * rows) // rows_per_step)
     mean_row = float(row_lengths.mean()) if rows else 0.0
-    shape = Shape.of(model.config, int(row_lengths.max()) if rows else 1, trains_base, int(adapter_cfg.get("r") or 64),
-                     sum(p.numel() for p in model.parameters()), train_cfg["optimizer"], run_tokens=int(steps * rows_per_step * mean_row))
+    try:
+        shape = Shape.of(model.config, int(row_lengths.max()) if rows else 1, trains_base, int(adapter_cfg.get("r") or 64),
+                         sum(p.numel() for p in model.parameters()), train_cfg["optimizer"], run_tokens=int(steps * rows_per_step * mean_row)) if cuda else None
+    except (AttributeError, TypeError):  # a config without the usual fields: the manual levers
+        shape = None
     choice = choose(shape, free, model_cfg, train_cfg, cuda)
     if strategy.world_size > 1:
         choice.can_fall_back = False
