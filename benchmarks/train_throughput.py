@@ -286,6 +286,9 @@ def build_unsloth(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
 
     def step(batch):
         batch = {k: v.cuda(non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k in ("input_ids", "labels", "attention_mask", "position_ids")}
+        if "position_ids" in batch:  # a flat packed row: Unsloth's padding-free metadata (unsloth/utils/packing.py) gives the sample lengths
+            starts = (batch["position_ids"][0] == 0).nonzero().flatten()
+            batch["packed_seq_lengths"] = torch.diff(starts, append=torch.tensor([batch["position_ids"].shape[1]], device=starts.device)).to(torch.int32)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
