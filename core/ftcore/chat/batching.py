@@ -134,7 +134,7 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         job = Job(generation, adapter, frozenset(_eos_ids(self.model, generation.tokenizer, generation.template)))
         with self._cond:
-            if len(self._waiting) >= self.max_queue:
+            if len(self._waiting) >= self.max_queue + max(0, self.max_batch - len(self._rows)):  # free rows take jobs at the next step
                 raise QueueFull(f"{len(self._waiting)} requests are waiting already (ftcore serve --max-queue {self.max_queue}); try again shortly")
             self._waiting.append(job)
             if self._thread is None:
