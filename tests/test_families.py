@@ -148,3 +148,17 @@ def test_packed_samples_attend_only_to_themselves_with_softcap_and_sliding_windo
         row = packed(input_ids=torch.cat([a, b], 1), position_ids=torch.cat([torch.arange(40), torch.arange(17)])[None], use_cache=False).logits
         alone = [eager(input_ids=x, use_cache=False).logits for x in (a, b)]
     torch.testing.assert_close(row, torch.cat(alone, 1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qlora_quantizes_each_familys_base_and_trains_its_adapter(family, family_models) -> None:
+    """QLoRA per family (bitsandbytes' 4-bit on the CPU): the base's linear weights are NF4, the step's
+    loss is finite and every LoRA matrix gets a gradient."""
+    pytest.importorskip("bitsandbytes")
+    import math
+
+    model = lora_model(family_models[family], quantization="nf4", dropout=0.0, gradient_checkpointing=False,
+                       attn_implementation="auto", chunked_loss=family != "gemma2")
+    assert any(type(p).__name__ == "Params4bit" for p in model.parameters())
+    loss, grads = adapter_step(model)
+    assert math.isfinite(loss) and grads and all(float(g.abs().sum()) > 0 for g in grads.values())
