@@ -35,8 +35,9 @@ def resolve_precision(requested: str, device: Any) -> str:
     return "fp32"
 
 
-def quantization_config(kind: str, double_quant: bool, compute_dtype: Any) -> Any:
-    """A bitsandbytes config for ``nf4``/``fp4``/``int8``, or None for ``none``."""
+def quantization_config(kind: str, double_quant: bool, compute_dtype: Any, storage_dtype: Any = None) -> Any:
+    """A bitsandbytes config for ``nf4``/``fp4``/``int8``, or None for ``none``; ``storage_dtype``: the
+    dtype 4-bit weights are packed into (``bnb_4bit_quant_storage``; uint8 by default)."""
     if kind == "none":
         return None
     try:
@@ -51,18 +52,21 @@ def quantization_config(kind: str, double_quant: bool, compute_dtype: Any) -> An
         bnb_4bit_quant_type=kind,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        **({"bnb_4bit_quant_storage": storage_dtype} if storage_dtype is not None else {}),
     )
 
 
-def load_base_model(model_cfg: dict[str, Any], builder: Any, device: Any, precision: str, device_map: Any = None, head: str = "causal_lm") -> Any:
+def load_base_model(model_cfg: dict[str, Any], builder: Any, device: Any, precision: str, device_map: Any = None, head: str = "causal_lm",
+                    quant_storage: bool = False) -> Any:
     """The base model in the training dtype (quantized if asked), on ``device``; ``head``: the model
-    class's head as the objective needs it (``causal_lm``, or ``sequence_classification`` for a reward model)."""
+    class's head as the objective needs it (``causal_lm``, or ``sequence_classification`` for a reward model);
+    ``quant_storage``: pack 4-bit weights into that dtype too (a strategy that shards parameters needs one dtype)."""
     import torch
 
     dtype = getattr(torch, DTYPES[precision])
     if model_cfg["dtype"] != "auto":
         dtype = getattr(torch, DTYPES[model_cfg["dtype"]])
-    quant = quantization_config(model_cfg["quantization"], model_cfg["double_quant"], dtype)
+    quant = quantization_config(model_cfg["quantization"], model_cfg["double_quant"], dtype, dtype if quant_storage else None)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": bool(model_cfg["trust_remote_code"])}
     if model_cfg["attn_implementation"] != "auto":
         kwargs["attn_implementation"] = model_cfg["attn_implementation"]

@@ -56,10 +56,34 @@ def under_launcher() -> bool:
 def relaunch(launch: Launch, run_args: list[str]) -> int:
     """Run ``ftcore run RUN_ARGS`` in ``nproc_per_node`` processes through torch.distributed.run."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "ftcore.train.launch",
         f"--nproc-per-node={launch.nproc_per_node}", f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}",
         f"--master-addr={launch.master_addr}", f"--master-port={launch.master_port}",
         "-m", "ftcore.cli", "run", *run_args,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return subprocess.call(cmd, env=env)
+
+
+def torchrun(argv: list[str]) -> int:
+    """``torch.distributed.run ARGV``, ending with the exit status of the first process that failed
+    and one line saying which, instead of the launcher's own traceback: each process has already
+    printed its error (a user mistake as one ``error:`` line)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # "failed (exitcode: 2)", "closing signal": said below
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # killed by a signal: 128 + its number
+        print(f"ftcore: process rank {rank} exited with status {code}; the run stopped (its message is above)", file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+if __name__ == "__main__":  # what relaunch runs: torchrun's arguments, then the ftcore command
+    sys.exit(torchrun(sys.argv[1:]))

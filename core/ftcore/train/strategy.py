@@ -23,6 +23,9 @@ class Strategy:
     name = ""
     #: whether ``load_state`` also restores the model's trained weights (sharded engines do)
     restores_model = False
+    #: a 4-bit base packs its weights into the compute dtype (``bnb_4bit_quant_storage``), so a strategy
+    #: that shards parameters (FSDP) sees one dtype per layer
+    quant_storage_in_compute_dtype = False
 
     def __init__(self, recipe: Any, precision: str) -> None:
         self.recipe, self.precision = recipe, precision

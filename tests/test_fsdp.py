@@ -1,0 +1,96 @@
+"""The fsdp strategy (FSDP2) on CPU with gloo, through the CLI: LoRA, QLoRA and full fine-tunes on 2 processes
+match the one-process run step for step, write its checkpoint files, merge, and refuse what they cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+from test_train import make_recipe, metrics
+
+pytestmark = pytest.mark.slow
+STEPS = 6
+NO_DROPOUT = {"kind": "lora", "dropout": 0.0}  # dropout masks differ between 1 and 2 processes
+
+
+def train(tmp_path: Path, model: Path, data: Path, strategy: str, adapter: dict, steps: int = STEPS) -> Path:
+    """A run of ``steps`` steps of 4 rows each (one process x 2 rows x 2 micro batches, or two x 1 x 2); its work_dir."""
+    processes = 1 if strategy == "single" else 2
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    recipe = make_recipe(tmp_path, model, data, adapter=adapter, strategy={"name": strategy},
+                         train={"max_steps": steps, "micro_batch": 2 // processes, "grad_accum": 2, "lr": 1e-3 if adapter["kind"] == "full" else 5e-3})
+    run_cli("run", "--recipe", str(recipe), *(["--nproc-per-node", "2"] if processes > 1 else []), check=True)
+    return tmp_path / "wd"
+
+
+def assert_same_run(got: Path, ref: Path, weights: str) -> None:
+    """Every step's loss, learning rate and gradient norm, and the saved weights (same names, shapes, dtypes)."""
+    from safetensors.torch import load_file
+
+    a, b = metrics(got), metrics(ref)
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+        assert x["lr"] == pytest.approx(y["lr"], rel=1e-6)
+    mine, theirs = load_file(str(got / f"checkpoint-{a[-1]['step']}" / weights)), load_file(str(ref / f"checkpoint-{b[-1]['step']}" / weights))
+    assert sorted(mine) == sorted(theirs) and len(mine) > 0
+    for name, tensor in theirs.items():
+        assert mine[name].shape == tensor.shape and mine[name].dtype == tensor.dtype, name
+        assert (mine[name] - tensor).abs().max() < 1e-4, name
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tmp_path_factory, tiny_llama, self_cognition_file) -> Path:
+    return train(tmp_path_factory.mktemp("reference"), tiny_llama, self_cognition_file, "single", NO_DROPOUT)
+
+
+def test_fsdp_lora_on_two_processes_matches_one_and_its_adapter_merges(tmp_path, tiny_llama, self_cognition_file, lora_reference) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    wd = train(tmp_path, tiny_llama, self_cognition_file, "fsdp", NO_DROPOUT)
+    losses = [m["loss"] for m in metrics(wd)]
+    assert losses[-1] < losses[0] - 0.5
+    assert_same_run(wd, lora_reference, "adapter_model.safetensors")
+    ckpt = wd / f"checkpoint-{STEPS}"
+    # the model files a one-process run writes, with the sharded engine state beside them
+    same = {p.name for p in (lora_reference / f"checkpoint-{STEPS}").iterdir()} - {"optimizer.pt"}
+    assert same <= {p.name for p in ckpt.iterdir()}
+    assert (ckpt / "fsdp" / ".metadata").is_file() and (ckpt / "scheduler.pt").is_file()
+    run_cli("merge", str(tiny_llama), str(ckpt), str(tmp_path / "merged"), "--dtype", "fp32", check=True)
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama)), str(lora_reference / f"checkpoint-{STEPS}")).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapter(ids).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["full", "qlora"])
+def test_fsdp_full_and_qlora_match_the_one_process_run(kind, tmp_path, tiny_llama, self_cognition_file) -> None:
+    """A full fine-tune shards every weight; QLoRA shards the 4-bit base packed in fp32 (bnb_4bit_quant_storage)."""
+    if kind == "qlora":
+        pytest.importorskip("bitsandbytes")
+    adapter = {"kind": kind, "dropout": 0.0}
+    ref = train(tmp_path / "one", tiny_llama, self_cognition_file, "single", adapter, steps=3)
+    got = train(tmp_path / "two", tiny_llama, self_cognition_file, "fsdp", adapter, steps=3)
+    assert_same_run(got, ref, "model.safetensors" if kind == "full" else "adapter_model.safetensors")
+
+
+def test_fsdp_refuses_what_it_cannot_shard_before_loading(tmp_path, tiny_llama, self_cognition_file) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, strategy={"name": "fsdp"})
+    for override, key in (("model.offload_embeddings=true", "model.offload_embeddings"), ("strategy.offload_params=true", "strategy.offload_params"),
+                          ("model.quantization=int8", "model.quantization")):
+        proc = run_cli("run", "--recipe", str(recipe), override)
+        assert proc.returncode == 2 and f"error: {key}:" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert "Loading weights" not in proc.stderr + proc.stdout
+
+
+def test_a_user_error_in_the_launched_processes_ends_the_launch_without_a_traceback(tmp_path, tiny_llama, self_cognition_file) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, strategy={"name": "fsdp"})
+    proc = run_cli("run", "--recipe", str(recipe), "model.offload_embeddings=true", "--nproc-per-node", "2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: model.offload_embeddings:" in proc.stderr and "process rank" in proc.stderr and "exited with status 2" in proc.stderr
