@@ -1,7 +1,9 @@
 """LLaVA end to end for a user (issue #21 item 5), through the real CLI on the tiny models the
 ``llava_quickstart`` recipe makes: it trains and evaluate_chat answers about images; the closing hint's
 commands run; ``ftcore llava export`` gives a checkpoint that plain transformers answers with exactly as
-``ftcore chat --llava`` does; stage 1 is logged as what it trains; ``ftcore data repeat``."""
+``ftcore chat --llava`` does (and ``ftcore merge`` on a llava checkpoint names that command); ``chat --llava``
+takes the vision tower from the checkpoint and answers without an image; stage 1 is logged as what it trains;
+``ftcore data repeat``."""
 
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ def test_the_closing_hint_chats_about_an_image_with_the_trained_checkpoint(quick
     assert "checkpoint: work_dirs/llava_quickstart/checkpoint-40" in out and "--adapter" not in out
     args = hinted(out, "chat")
     assert args[args.index("--llava") + 1] == "work_dirs/llava_quickstart/checkpoint-40"
+    assert "--visual-encoder" not in args  # the vision tower the checkpoint's recipe.yaml records
     image = Path(args[args.index("--image") + 1])
     assert (root / image).is_file()
     answer = run_cli(*args, "--prompt", PROMPT, "--temperature", "0", cwd=root, check=True).stdout.strip().splitlines()[-1]
@@ -94,6 +97,52 @@ def test_the_export_answers_through_plain_transformers_with_ftcore_chats_greedy_
     cli = run_cli("chat", str(work_dir / "tiny-llm"), "--llava", str(work_dir / "checkpoint-40"), "--visual-encoder", str(work_dir / "tiny-clip"),
                   "--image", str(image), "--prompt", PROMPT, "--temperature", "0", check=True)
     assert cli.stdout.strip().splitlines()[-1] == processor.decode(theirs, skip_special_tokens=True)  # the last picture's answer, as a user sees it
+
+
+def test_merge_refuses_a_llava_checkpoint_naming_the_export_command_that_writes_it(quickstart, tmp_path) -> None:
+    root, work_dir, _ = quickstart
+    llm, checkpoint = "work_dirs/llava_quickstart/tiny-llm", "work_dirs/llava_quickstart/checkpoint-40"
+    out = tmp_path / "merged out"
+
+    def refused(base: str, folder: str) -> list[str]:
+        proc = run_cli("merge", base, folder, str(out), cwd=root)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "adapter_config.json" not in proc.stderr, proc.stderr
+        assert f"{folder!r} is a llava checkpoint (its recipe.yaml says model.builder: llava), not one LoRA adapter: ftcore merge cannot merge it" in proc.stderr, proc.stderr
+        assert "loading" not in proc.stdout and not out.exists()  # refused before anything loads
+        return shlex.split(proc.stderr.split("write it as a standalone model with: ", 1)[1].strip())
+
+    assert refused(llm, "work_dirs/llava_quickstart") == ["ftcore", "llava", "export", "work_dirs/llava_quickstart", str(out)]  # the work dir too
+    assert refused(str(work_dir / "tiny-clip"), checkpoint)[-2:] == ["--llm", str(work_dir / "tiny-clip")]  # another BASE than the recorded LLM
+    export = refused(llm, checkpoint)
+    assert export == ["ftcore", "llava", "export", checkpoint, str(out)]
+    run_cli(*export[1:], cwd=root, check=True)  # the named command does it
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+
+
+def test_chat_llava_takes_the_vision_tower_from_the_checkpoint_and_answers_without_an_image(quickstart, tmp_path) -> None:
+    import shutil
+
+    root, work_dir, _ = quickstart
+    llm = str(work_dir / "tiny-llm")
+    proc = run_cli("chat", llm, "--llava", str(work_dir / "checkpoint-40"), "--prompt", "Who are you?", check=True)  # no --visual-encoder, no --image
+    assert proc.stdout.strip().splitlines()[-1] == "I am an assistant that describes pictures."  # the text-only record
+    assert "note: no --image: the answer comes from the text alone" in proc.stderr, proc.stderr
+
+    copy = tmp_path / "checkpoint-40"
+    shutil.copytree(work_dir / "checkpoint-40", copy, ignore=shutil.ignore_patterns("optimizer.pt"))
+    recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
+    for recorded, expected in ((None, f"{copy} does not say which vision tower it was trained with (no model.visual_encoder in its recipe.yaml)"),
+                               (str(tmp_path / "moved-clip"), f"the vision tower folder {str(tmp_path / 'moved-clip')!r} (model.visual_encoder in {copy / 'recipe.yaml'}) does not exist")):
+        recipe["model"]["visual_encoder"] = recorded
+        (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        for command in (("chat", llm, "--llava", str(copy), "--prompt", PROMPT), ("serve", llm, "--llava", str(copy), "--port", "0")):
+            proc = run_cli(*command)
+            assert proc.returncode == 2 and expected in proc.stderr and "--visual-encoder PATH" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = run_cli("chat", llm, "--llava", str(copy), "--visual-encoder", str(work_dir / "images"), "--prompt", PROMPT)
+    assert proc.returncode == 2 and f"the vision tower folder {str(work_dir / 'images')!r} has no config.json" in proc.stderr, proc.stderr
+    image = work_dir / "images" / "blue_square.png"
+    proc = run_cli("chat", llm, "--llava", str(copy), "--visual-encoder", str(work_dir / "tiny-clip"), "--image", str(image), "--prompt", PROMPT, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == CAPTIONS[image.name] and "note: no --image" not in proc.stderr
 
 
 def test_stage_one_is_logged_as_the_projector_training_not_lora(quickstart, tmp_path) -> None:

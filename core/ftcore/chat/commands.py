@@ -194,6 +194,8 @@ def chat_cmd(app: Any, model: str, adapter: str | None, template: str | None, sy
     chat_model = _load(app, args, backend, backend_values, plan)
     if picture is not None and not chat_model.accepts_images:
         raise FtcoreError(f"--image: {chat_model.name} does not take images")
+    if picture is None and chat_model.accepts_images:  # a model that takes images, asked without one: say so
+        _warn("note: no --image: " + ("the answer comes from the text alone" if prompt is not None else "a conversation without a picture; /image PATH starts one about a picture"))
     if prompt is not None:
         chat_once(chat_model, prompt, sampling, image=picture)
     else:

@@ -21,7 +21,7 @@ from ..errors import FtcoreError
 from ..models.loading import DTYPES
 from .chat_files import save_tokenizer, write_chat_files
 from .chat_files import template_to_jinja as template_to_jinja  # re-exported: where callers found it
-from .resolve import AdapterInfo, attach_adapter, model_config, read_adapter, tokenizer_folder
+from .resolve import AdapterInfo, attach_adapter, model_config, read_adapter, recorded_builder, tokenizer_folder
 from .resolve import builder_name as resolve_builder_name
 
 FORMATS = ("native", "llama")
@@ -100,6 +100,23 @@ def check_native_code(folder: Path, what: str) -> None:
         )
 
 
+def check_mergeable(parts: Any, base: str, adapter: str, out: str | Path) -> None:
+    """Refuse, naming what to run instead, a checkpoint whose builder (its ``recipe.yaml``'s
+    ``model.builder``) says ``ftcore merge`` cannot make it a standalone model
+    (:meth:`ftcore.models.builder.ModelBuilder.merge_command`), or whose builder is not installed."""
+    name = recorded_builder(adapter)
+    if name is None:
+        return
+    what = f"{str(adapter)!r} is a {name} checkpoint (its recipe.yaml says model.builder: {name})"
+    if name not in parts.models:
+        if not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+            raise FtcoreError(f"{what}, not a LoRA adapter, and {parts.models.unknown_message(name)}")
+        return  # an adapter all the same: merged with the builder --builder or model_type picks
+    command = parts.models.get(name).merge_command(str(base), Path(adapter), str(out))
+    if command:
+        raise FtcoreError(f"{what}, not one LoRA adapter: ftcore merge cannot merge it", hint=f"write it as a standalone model with: {command}")
+
+
 def merge_adapter(
     parts: Any,
     base: str,
@@ -131,6 +148,8 @@ def merge_adapter(
     if fmt is not None and fmt not in FORMATS:
         raise FtcoreError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     parse_size(max_shard_size)
+    if adapter is not None:
+        check_mergeable(parts, base, adapter, out)
     check_out_dir(out, force)
     info: AdapterInfo | None = read_adapter(adapter) if adapter is not None else None
     for name, folder in (("BASE", base), ("ADAPTER", adapter)):

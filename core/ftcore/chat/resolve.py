@@ -83,6 +83,21 @@ def read_adapter(path: str | Path) -> AdapterInfo:
     return info
 
 
+def recorded_builder(path: str | Path) -> str | None:
+    """The ``model.builder`` a training folder's ``recipe.yaml`` names (a checkpoint's or a work
+    dir's), or None when there is none to read (cheap: no adapter files needed)."""
+    import yaml
+
+    recipe = Path(path).expanduser() / "recipe.yaml"
+    try:
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8")) if recipe.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None  # read_adapter reports an unreadable recipe where it matters
+    model = data.get("model") if isinstance(data, dict) else None
+    name = model.get("builder") if isinstance(model, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 def is_adapter_dir(path: str | Path) -> bool:
     p = Path(path).expanduser()
     return (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()

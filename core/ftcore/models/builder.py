@@ -69,6 +69,14 @@ class ModelBuilder:
         """Commands a finished run suggests for its last checkpoint (None: the core's ``chat``/``merge``)."""
         return None
 
+    def merge_command(self, base: str, checkpoint: Path, out: str) -> str | None:
+        """The command that writes ``checkpoint`` (a checkpoint or work dir of a run with this builder)
+        as a standalone model at ``out``, when ``ftcore merge BASE CHECKPOINT OUT`` cannot: its
+        checkpoints are not one PEFT adapter (e.g. a vision tower and a projector beside the LLM's
+        adapter). ``ftcore merge`` then refuses, before loading anything, and names this command.
+        None (the default): ``ftcore merge`` merges them. Called on the registered (unconfigured) builder."""
+        return None
+
     def save_checkpoint(self, model: Any, folder: Path) -> None:
         """The trained weights into a checkpoint folder: an adapter in PEFT's layout, or the full model."""
         model.save_pretrained(str(folder), safe_serialization=True)

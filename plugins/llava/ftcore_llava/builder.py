@@ -221,11 +221,22 @@ class LlavaBuilder(ModelBuilder):
 
     def next_steps(self, base: str, checkpoint: Path) -> list[str]:
         """Chat about an image with the checkpoint, and export it to transformers' LLaVA layout."""
-        cfg = self._require_cfg()
-        vision = cfg["visual_encoder"]
-        image = self.example_image or "IMAGE.jpg"
-        return [f"ftcore chat {base} --llava {checkpoint} --visual-encoder {vision} --image {image}",
+        image = self.example_image or "IMAGE.jpg"  # the vision tower: the one the checkpoint's recipe.yaml records
+        return [f"ftcore chat {base} --llava {checkpoint} --image {image}",
                 f"ftcore llava export {checkpoint} {Path(checkpoint).parent / 'hf'}"]
+
+    def merge_command(self, base: str, checkpoint: Path, out: str) -> str:
+        """``ftcore merge`` cannot merge a llava checkpoint (a vision tower and a projector beside the
+        LLM's adapter): ``ftcore llava export`` writes it as transformers' LLaVA model (``--llm BASE``
+        when BASE is a model folder other than the LLM the checkpoint's recipe.yaml records)."""
+        import shlex
+
+        from .chat import read_recipe
+
+        recorded = (read_recipe(Path(checkpoint)).get("model") or {}).get("path")
+        llm = Path(base).expanduser()
+        other = (llm / "config.json").is_file() and not (recorded and Path(recorded).expanduser().resolve() == llm.resolve())
+        return shlex.join(["ftcore", "llava", "export", str(checkpoint), str(out), *(["--llm", str(base)] if other else [])])
 
     # -- batches -----------------------------------------------------------------------
 

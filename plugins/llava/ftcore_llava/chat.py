@@ -1,7 +1,7 @@
 """Chatting with a trained LLaVA model about an image: ``ftcore chat MODEL --llava DIR
---visual-encoder PATH [--image IMG]`` and ``ftcore serve MODEL --llava DIR --visual-encoder PATH``
-(the :class:`LlavaBackend` this plugin adds to both commands), and from Python one answer, a
-stream of text, or an interactive loop.
+[--visual-encoder PATH] [--image IMG]`` and ``ftcore serve MODEL --llava DIR [--visual-encoder PATH]``
+(the :class:`LlavaBackend` this plugin adds to both commands; the vision tower defaults to the
+checkpoint's), and from Python one answer, a stream of text, or an interactive loop.
 
 ``llava_dir`` is what a llava run wrote: a ``checkpoint-N`` folder (``llm_adapter/``,
 ``visual_encoder_adapter/``, ``projector/``, the tokenizer and ``recipe.yaml``) or the run's
@@ -41,11 +41,27 @@ def resolve_llava_dir(llava_dir: str | Path) -> Path:
     raise FtcoreError(f"{str(llava_dir)!r} is not a llava checkpoint (no projector/ folder)", hint="pass a checkpoint-N folder of a llava run, or the run's work dir")
 
 
-def _recipe(folder: Path) -> dict[str, Any]:
+def read_recipe(folder: Path) -> dict[str, Any]:
+    """The checkpoint's (or work dir's) recipe.yaml as a mapping; empty when there is none."""
     import yaml
 
     path = folder / "recipe.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
+def recorded_folder(folder: Path, key: str, given: str | Path | None, what: str, option: str) -> str:
+    """``given``, else the folder the checkpoint's ``recipe.yaml`` records as ``model.KEY`` (the LLM
+    is ``path``, the vision tower ``visual_encoder``): a model folder (config.json), or a clear error
+    naming ``option``, the flag that gives it."""
+    value = given or (read_recipe(folder).get("model") or {}).get(key)
+    if not value:
+        raise FtcoreError(f"{folder} does not say which {what} it was trained with (no model.{key} in its recipe.yaml)", hint=f"pass {option} PATH")
+    path = Path(value).expanduser()
+    if not (path / "config.json").is_file():
+        source = "" if given else f" (model.{key} in {folder / 'recipe.yaml'})"
+        problem = "has no config.json" if path.is_dir() else "does not exist"
+        raise FtcoreError(f"the {what} folder {str(value)!r}{source} {problem}", hint=f"pass {option} PATH to where it is now" if not given else f"give {option} a {what} folder (config.json)")
+    return str(value)
 
 
 def _llm_builder_name(llm_path: str | Path) -> str:
@@ -155,7 +171,7 @@ def load_llava(llm_path: str | Path, llava_dir: str | Path, visual_encoder_path:
     from .model import LlavaModel, Projector
 
     folder = resolve_llava_dir(llava_dir)
-    recipe = _recipe(folder)
+    recipe = read_recipe(folder)
     model_cfg, data_cfg = recipe.get("model", {}), recipe.get("data", {})
     builder = parts.models.get(llm_builder or model_cfg.get("llm_builder") or _llm_builder_name(llm_path))
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -219,22 +235,27 @@ def stream_with_image(llm_path: str | Path, llava_dir: str | Path, visual_encode
 
 
 class LlavaBackend(ChatBackend):
-    """``ftcore chat MODEL --llava DIR --visual-encoder PATH [--image IMG]`` and ``ftcore serve MODEL
-    --llava DIR --visual-encoder PATH``: MODEL is the LLM a llava run trained on, DIR the run."""
+    """``ftcore chat MODEL --llava DIR [--visual-encoder PATH] [--image IMG]`` and ``ftcore serve MODEL
+    --llava DIR [--visual-encoder PATH]``: MODEL is the LLM a llava run trained on, DIR the run; the
+    vision tower defaults to the one the checkpoint's ``recipe.yaml`` records."""
 
     name = "llava"
     help = "a LLaVA run's checkpoint (or work dir): MODEL is its LLM; chat about --image, or serve requests with image_url parts"
 
     def options(self) -> list[click.Parameter]:
-        return [click.Option(["--visual-encoder"], type=click.Path(), help="the CLIP vision tower folder (with --llava)")]
+        return [click.Option(["--visual-encoder"], type=click.Path(),
+                             help="the CLIP vision tower folder (with --llava; default: model.visual_encoder of the checkpoint's recipe.yaml)")]
 
     def check(self, source: str, args: ChatArgs, options: dict[str, Any]) -> None:
-        if not options.get("visual_encoder"):
-            raise FtcoreError("--llava needs --visual-encoder PATH")
         ignored = [flag for flag, value in (("--adapter", args.adapter), ("--bits", args.bits)) if value]
         if ignored:
             raise FtcoreError(f"{ignored[0]} does not apply with --llava", hint="the llava checkpoint holds the LLM's adapter: give the base LLM as MODEL")
-        resolve_llava_dir(source)
+        self.visual_encoder(source, options)
+
+    @staticmethod
+    def visual_encoder(source: str, options: dict[str, Any]) -> str:
+        """``--visual-encoder``, else the vision tower the checkpoint's recipe.yaml records (checked)."""
+        return recorded_folder(resolve_llava_dir(source), "visual_encoder", options.get("visual_encoder"), "vision tower", "--visual-encoder")
 
     def load(self, parts: Any, source: str, args: ChatArgs, options: dict[str, Any], warn: Callable[[str], None]) -> LlavaChat:
-        return load_llava(args.model, source, options["visual_encoder"], parts=parts, llm_builder=args.builder, template=args.template, system=args.system)
+        return load_llava(args.model, source, self.visual_encoder(source, options), parts=parts, llm_builder=args.builder, template=args.template, system=args.system)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ftcore.api import DTYPES, FtcoreError
+from ftcore.api import DTYPES
 
 
 @click.group("llava")
@@ -29,24 +29,11 @@ def export_cmd(app: Any, checkpoint: Path, out: Path, llm: str | None, visual_en
     LlavaForConditionalGeneration with its AutoProcessor: adapters merged, the training chat template
     (images as {"type": "image"} parts), BOS, the template's stop words as EOS and the run's image
     padding, so `processor.apply_chat_template` + greedy `generate` answer as `ftcore chat --llava` does."""
-    from .chat import resolve_llava_dir
+    from .chat import recorded_folder, resolve_llava_dir
     from .export import to_hf_llava
 
     folder = resolve_llava_dir(checkpoint)
-    model = _recipe_model(folder)
-    llm = llm or model.get("path")
-    visual_encoder = visual_encoder or model.get("visual_encoder")
-    for name, value, option in (("LLM", llm, "--llm"), ("vision tower", visual_encoder, "--visual-encoder")):
-        if not value:
-            raise FtcoreError(f"{folder} does not say which {name} it was trained with (no recipe.yaml)", hint=f"pass {option} PATH")
-        if not (Path(value).expanduser() / "config.json").is_file():
-            raise FtcoreError(f"the {name} folder {value!r} has no config.json", hint=f"pass {option} PATH to where it is now")
+    llm = recorded_folder(folder, "path", llm, "LLM", "--llm")
+    visual_encoder = recorded_folder(folder, "visual_encoder", visual_encoder, "vision tower", "--visual-encoder")
     written = to_hf_llava(llm, folder, visual_encoder, out, parts=app.parts, dtype=dtype, max_shard_size=max_shard_size, force=force, log=click.echo)
     click.echo(f"exported {folder} to {written}: load it with LlavaForConditionalGeneration.from_pretrained and AutoProcessor.from_pretrained")
-
-
-def _recipe_model(folder: Path) -> dict[str, Any]:
-    import yaml
-
-    path = folder / "recipe.yaml"
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model", {}) if path.is_file() else {}
