@@ -379,8 +379,8 @@ def prepare_data(
 ) -> tuple[PackedData, DataReport]:
     """The packed training data, from the cache when nothing that shapes it changed.
 
-    With several processes only the main one does the work; the others wait at
-    ``barrier`` and read the cache.
+    With several processes only the main one (of each machine) does the work; the others wait
+    at ``barrier`` and read the cache.
     """
     if not data_cfg["cache"]:
         return build_data(data_cfg, formats, tokenizer, template, seed, log)
@@ -395,7 +395,12 @@ def prepare_data(
         folder.parent.mkdir(parents=True, exist_ok=True)
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another machine's first process, sharing this cache, wrote the same data first
+            if not (folder / "report.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
         log(f"processed data cached in {folder}")
         barrier()
         return packed, report

@@ -122,9 +122,10 @@ class Run:
         ctx.tokenizer = tokenizer
         ctx.template = parts.templates.get(data_cfg["template"]) if data_cfg["template"] else None
         data_key = builder.data_key()
+        self.check_agreement(tokenizer, data_key)
         ctx.data, ctx.data_report = prepare_data(
             split_config(data_cfg, "train"), parts.formats, tokenizer, ctx.template, train_cfg["seed"],
-            is_main=ctx.is_main, barrier=strategy.barrier, log=self.log,
+            is_main=strategy.is_local_main, barrier=strategy.barrier, log=self.log,
             extra_key=data_key,
         )
         self.objective = make_objective(recipe, parts)
@@ -132,7 +133,7 @@ class Run:
         if data_cfg["eval_path"] or data_cfg["eval_ratio"]:
             ctx.eval_data, report = prepare_data(
                 split_config(data_cfg, "eval"), parts.formats, tokenizer, ctx.template, train_cfg["seed"],
-                is_main=ctx.is_main, barrier=strategy.barrier, log=self.log, extra_key=data_key,
+                is_main=strategy.is_local_main, barrier=strategy.barrier, log=self.log, extra_key=data_key,
             )
             check_data_kind(self.objective, "side" in ctx.eval_data.extras)
             self.log(f"eval data: {report.summary()}")
@@ -173,6 +174,20 @@ class Run:
         scheduler = build_scheduler(optimizer, train_cfg, ctx.total_steps, resumed, parts.schedules.get(train_cfg["schedule"]))
         ctx.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         ctx.plan = self.plan
+
+    def check_agreement(self, tokenizer: Any, data_key: str) -> None:
+        """Every process (every node) has the same resolved recipe and data, or a clear error on each."""
+        import yaml
+
+        from ..data.pipeline import cache_key, split_config
+        from .agreement import check_agreement, fingerprint
+
+        if self.ctx.strategy.world_size == 1:
+            return
+        data_cfg, seed = self.recipe["data"], self.recipe["train"]["seed"]
+        splits = ["train"] + (["eval"] if data_cfg["eval_path"] or data_cfg["eval_ratio"] else [])
+        keys = [cache_key(split_config(data_cfg, split), tokenizer, self.ctx.template, data_cfg["format"], seed, data_key) for split in splits]
+        check_agreement(self.ctx.strategy, fingerprint(yaml.safe_load(self.saved_recipe.to_yaml()), keys))
 
     def choose_levers(self, model: Any, adapter: Any, strategy: Any) -> Any:
         """``speed: auto``: fill in the levers the recipe leaves null (a resumed run keeps its

@@ -36,6 +36,11 @@ class Strategy:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def is_local_main(self) -> bool:
+        """The first process on this machine (each machine processes the data into its own cache)."""
+        return int(os.environ.get("LOCAL_RANK", self.rank)) == 0
+
     def setup(self) -> None:
         """Join the process group, if any (before the model is loaded)."""
 
@@ -52,6 +57,10 @@ class Strategy:
 
     def all_reduce_sum(self, value: float) -> float:
         return value
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``obj`` of every process, in rank order (a picklable value)."""
+        return [obj]
 
     def barrier(self) -> None:
         pass
@@ -198,6 +207,13 @@ class DDPStrategy(SingleStrategy):
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t.item())
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def barrier(self) -> None:
         import torch.distributed as dist

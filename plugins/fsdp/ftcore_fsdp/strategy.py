@@ -16,7 +16,7 @@ import contextlib
 from pathlib import Path
 from typing import Annotated, Any, Iterator
 
-from ftcore.api import DDPStrategy, FtcoreError, Option
+from ftcore.api import DDPStrategy, FtcoreError, Option, Problem, ValidationError
 
 STATE_DIR = "fsdp"
 SCHEDULER_FILE = "scheduler.pt"
@@ -67,9 +67,11 @@ class FSDP(DDPStrategy):
         super().__init__(recipe, precision)
         self.offload_params, self.reshard_after_forward = offload_params, reshard_after_forward
         problems = refusals(recipe, precision, offload_params, self.device)
-        if problems:
+        if len(problems) == 1:
             key, what, hint = problems[0]
             raise FtcoreError(what, where=key, hint=hint)
+        if problems:
+            raise ValidationError(problems=[Problem(key, what, hint=hint) for key, what, hint in problems], source="strategy fsdp")
         if recipe["model"].get("offload_embeddings") is None:
             recipe["model"]["offload_embeddings"] = False  # speed: auto must not choose it either
 
