@@ -107,7 +107,7 @@ class Choice:
     can_fall_back: bool = False
 
     def summary(self) -> str:
-        on = [name.replace("_", " ") for name, value in self.levers.items() if value and name != "fused_lora"] + (["fused lora"] if self.levers.get("fused_lora") else [])
+        on = [name.replace("_", " ") for name, value in self.levers.items() if value]
         head = f"speed auto: micro batch {self.micro_batch} x grad_accum {self.grad_accum}; " + (", ".join(on) if on else "no extra levers")
         return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
 
