@@ -1,11 +1,15 @@
-"""Multi-GPU scaling through the real CLI: one GPU (`single`) against N GPUs (`zero2`, `zero3`).
+"""Multi-GPU scaling through the real CLI: every strategy (ddp, zero2, zero3, fsdp) for LoRA and QLoRA on the
+InternLM2-1.8B and 7B shapes, on 1, 2, 4 and 8 GPUs (as many as the machine has), in one call per machine kind.
 
-A random-weight InternLM2-1.8B-shaped checkpoint (Llama layout, bf16) with ftcore's small local
-tokenizer, self-cognition data packed into 2048-token rows, LoRA r=64 on all linear layers,
-gradient checkpointing on, micro batch 2, grad accum 4 per process. tokens/s counts real tokens of
-all processes (from work_dir/metrics.jsonl); scaling = N-GPU tokens/s over one-GPU tokens/s.
+Random-weight checkpoints of each shape (Llama layout, bf16) with ftcore's small local tokenizer, self-cognition
+data packed into 2048-token rows, LoRA r=64 on all linear layers (QLoRA: NF4 base), gradient checkpointing on,
+micro batch 2 x grad accum 4 per process (the global batch grows with the GPUs, as users run it). tokens/s counts
+real tokens of all processes (work_dir/metrics.jsonl, median of the steps after the 3rd); scaling = N-GPU tokens/s
+over the same shape and adapter on one GPU (`single`). QLoRA with zero3 is refused by ftcore (ZeRO-3 cannot
+partition a 4-bit base) and shows as such.
 
-    python benchmarks/distributed_scaling.py --gpus 2 --steps 20
+    python benchmarks/distributed_scaling.py                       # everything this machine's GPUs allow
+    python benchmarks/distributed_scaling.py --shapes 7b --adapters qlora --gpus 1,8 --strategies zero2,fsdp
 """
 
 from __future__ import annotations
@@ -15,83 +19,124 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-SHAPE = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192, vocab_size=92544)
+SHAPES = {
+    "1.8b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192, vocab_size=92544),
+    "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, vocab_size=92544),
+}
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
+REFUSED = {("qlora", "zero3"): "refused: ZeRO-3 cannot partition a 4-bit base"}
 
 
-def checkpoint(root: Path) -> Path:
+def checkpoint(root: Path, shape: str) -> Path:
+    """A random-weight checkpoint of ``shape`` (made once, on the GPU, saved in bf16)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from ftcore.models.tiny import make_tokenizer
 
-    path = root / "random-1.8b"
+    path = root / f"random-{shape}"
     if (path / "config.json").is_file():
         return path
     make_tokenizer(path)
     tok = AutoTokenizer.from_pretrained(str(path))
-    config = LlamaConfig(**SHAPE, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False,
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(str(path))
+    del model
+    torch.cuda.empty_cache()
     return path
 
 
-def run(model: Path, data: Path, work: Path, strategy: str, nproc: int, steps: int) -> dict:
+def run(model: Path, data: Path, work: Path, adapter: str, strategy: str, gpus: int, steps: int) -> dict:
+    import yaml
+
+    case = {"adapter": adapter, "strategy": strategy, "gpus": gpus}
     recipe = {
-        "model": {"builder": "hf", "path": str(model)},
-        "adapter": {"kind": "lora", "r": 64, "alpha": 16, "dropout": 0.1},
+        "model": {"builder": "hf", "path": str(model), "gradient_checkpointing": True},
+        "adapter": {"kind": adapter, "r": 64, "alpha": 16, "dropout": 0.1},
         "data": {"path": str(data), "format": "openai", "template": "internlm2_chat", "max_length": 2048},
         "train": {"max_steps": steps, "micro_batch": 2, "grad_accum": 4, "save_every": 0, "lr": 2e-4},
         "strategy": {"name": strategy},
         "hooks": ["metrics_log"],
         "work_dir": str(work),
     }
-    import yaml
-
-    path = work.with_suffix(".yaml")
     work.parent.mkdir(parents=True, exist_ok=True)
+    path = work.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(recipe))
-    cmd = [sys.executable, "-m", "ftcore.cli", "run", "--recipe", str(path)]
-    if nproc > 1:
-        cmd += ["--nproc-per-node", str(nproc)]
+    cmd = [sys.executable, "-m", "ftcore.cli", "run", "--recipe", str(path)] + (["--nproc-per-node", str(gpus)] if gpus > 1 else [])
     print("+ ftcore " + " ".join(cmd[3:]), flush=True)
+    started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = round(time.monotonic() - started, 1)
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-4000:], flush=True)
-        return {"strategy": strategy, "gpus": nproc, "error": proc.returncode}
-    rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
-    steady = rows[3:]
-    return {"strategy": strategy, "gpus": nproc, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
-            "peak_gib_rank0": max(r.get("max_mem_gib", 0) for r in rows), "loss_last": rows[-1]["loss"]}
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+        return {**case, "error": proc.returncode, "message": last, "wall_s": wall}
+    rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steady = rows[3:] or rows
+    return {**case, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
+            "peak_gib_rank0": max(r.get("max_mem_gib", 0) for r in rows), "loss_last": rows[-1]["loss"], "wall_s": wall}
+
+
+def table(results: list[dict]) -> str:
+    lines = [f"{'shape':<6}{'adapter':<8}{'strategy':<10}{'GPUs':>5}{'tokens/s':>12}{'per GPU':>10}{'scaling':>9}{'peak GiB':>10}"]
+    base = {(r["shape"], r["adapter"]): r.get("tokens_per_s") for r in results if r["strategy"] == "single"}
+    for r in results:
+        head = f"{r['shape']:<6}{r['adapter']:<8}{r['strategy']:<10}{r['gpus']:>5}"
+        if "tokens_per_s" not in r:
+            lines.append(f"{head}   {r.get('refused') or 'failed (' + str(r.get('error')) + '): ' + r.get('message', '')}")
+            continue
+        one = base.get((r["shape"], r["adapter"]))
+        scaling = f"{r['tokens_per_s'] / one:>9.2f}" if one else f"{'-':>9}"
+        lines.append(f"{head}{r['tokens_per_s']:>12.0f}{r['tokens_per_s'] / r['gpus']:>10.0f}{scaling}{r['peak_gib_rank0']:>10.1f}")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--gpus", type=int, default=2)
-    p.add_argument("--steps", type=int, default=20)
+    import torch
+
+    available = torch.cuda.device_count()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gpus", default="1,2,4,8", help="GPU counts to run (those above this machine's are skipped)")
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--adapters", default="lora,qlora")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="on more than one GPU; one GPU runs `single`")
+    p.add_argument("--steps", type=int, default=12)
     p.add_argument("--root", default="/tmp/ftcore-scaling")
-    p.add_argument("--strategies", default="zero2,zero3")
+    p.add_argument("--out", help="write every result as JSON Lines here too")
     args = p.parse_args()
+    counts = [n for n in map(int, args.gpus.split(",")) if n <= available]
+    if not counts:
+        sys.exit(f"this machine has {available} GPU(s); none of --gpus {args.gpus} fits")
     root = Path(args.root)
-    model = checkpoint(root)
     data = root / "data.jsonl"
     if not data.is_file():
         from ftcore.data.self_cognition import self_cognition_records
 
+        root.mkdir(parents=True, exist_ok=True)
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self_cognition_records("ftcore", 40000, "both", 0)))
-    results = [run(model, data, root / "work-single", "single", 1, args.steps)]
-    for strategy in args.strategies.split(","):
-        results.append(run(model, data, root / f"work-{strategy}", strategy, args.gpus, args.steps))
-    base = results[0].get("tokens_per_s")
-    print(f"\n{'strategy':<10}{'GPUs':>5}{'tokens/s':>12}{'per GPU':>10}{'scaling':>9}{'peak GiB':>10}")
-    for r in results:
-        if "error" in r:
-            print(f"{r['strategy']:<10}{r['gpus']:>5}   failed ({r['error']})")
-            continue
-        print(f"{r['strategy']:<10}{r['gpus']:>5}{r['tokens_per_s']:>12.0f}{r['tokens_per_s'] / r['gpus']:>10.0f}{r['tokens_per_s'] / base:>9.2f}{r['peak_gib_rank0']:>10.1f}")
+    print(f"{available} GPU(s) ({torch.cuda.get_device_name(0)}); counts {counts}", flush=True)
+    results = []
+    for shape in args.shapes.split(","):
+        model = checkpoint(root, shape)
+        for adapter in args.adapters.split(","):
+            cases = [("single", 1)] if 1 in counts else []
+            cases += [(s, n) for n in counts if n > 1 for s in args.strategies.split(",")]
+            for strategy, gpus in cases:
+                if (adapter, strategy) in REFUSED:
+                    result = {"adapter": adapter, "strategy": strategy, "gpus": gpus, "refused": REFUSED[(adapter, strategy)]}
+                else:
+                    result = run(model, data, root / f"work-{shape}-{adapter}-{strategy}-{gpus}", adapter, strategy, gpus, args.steps)
+                results.append({"shape": shape, **result})
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(results[-1]) + "\n")
+    print("\n" + table(results))
     print(json.dumps(results))
 
 
