@@ -150,6 +150,7 @@ SCHEMA: dict[str, Any] = {
         "micro_batch": F(int, None, "rows per forward pass per process (null: speed auto chooses one that keeps micro_batch x grad_accum rows a step; 1 under speed manual)", ge=1),
         "grad_accum": F(int, 16, "micro batches per optimizer step", ge=1),
         "max_grad_norm": F(float, 1.0, "gradient clipping norm (0 disables)", ge=0),
+        "sequence_parallel": F(int, 1, "processes that share each row's tokens (DeepSpeed-Ulysses all-to-all over attention heads; flat rows, varlen attention)", ge=1),
         "weight_decay": F(float, 0.0, "AdamW weight decay", ge=0, le=1),
         "betas": F(list, [0.9, 0.999], "AdamW betas [beta1, beta2], each >= 0 and < 1", items=F(float, None, "an AdamW beta", nullable=False, ge=0, lt=1), min_len=2, max_len=2),
         "optimizer": F(str, "adamw", "optimizer: adamw, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, ... (`ftcore list optimizers`)", registry="optimizers"),

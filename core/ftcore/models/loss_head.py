@@ -104,7 +104,8 @@ class LossHead(nn.Module):
             pin = hidden.device.type == "cuda"
             keep, y = ((t.pin_memory() if pin else t).to(hidden.device, non_blocking=pin) for t in (keep, y))
         self._result.positions = keep
-        h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, keep)
+        # a sequence-parallel slice's labels run one past its tokens: every position has a target
+        h = (hidden if self._targets.shape[1] > hidden.shape[1] else hidden[:, :-1]).reshape(-1, hidden.shape[-1]).index_select(0, keep)
         per_token = self._reduction == "none"
         grad = torch.is_grad_enabled()
         if grad and hidden.requires_grad and not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad):

@@ -45,6 +45,9 @@ class TrainingPlan:
     fallback: Callable[[Any], str] | None = None
     #: what trains, in words, for the run's log (empty: the adapter kind)
     trains: str = ""
+    #: the sequence-parallel group when each process trains a slice of every row
+    #: (:mod:`ftcore.models.sequence_parallel`)
+    sequence_parallel: Any = None
 
     def inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A batch's model inputs: tensors except the labels, with a flat batch's sample
@@ -53,7 +56,12 @@ class TrainingPlan:
 
         from .varlen import attach_boundaries
 
-        return attach_boundaries({k: v for k, v in batch.items() if k != "labels" and isinstance(v, (torch.Tensor, int))})
+        inputs = attach_boundaries({k: v for k, v in batch.items() if k not in ("labels", "sequence_length") and isinstance(v, (torch.Tensor, int))})
+        if self.sequence_parallel is not None and "sequence_length" in batch:
+            from .sequence_parallel import mark
+
+            mark(inputs["position_ids"], self.sequence_parallel, batch["sequence_length"])
+        return inputs
 
     def token_nll(self, model: Any, batch: dict[str, Any], reduction: str = "sum") -> tuple[Any, Any]:
         """Next-token negative log-likelihood at the trained positions of ``batch["labels"]``.
@@ -74,7 +82,7 @@ class TrainingPlan:
             return result.value, result.positions
         logits = model(**inputs, use_cache=False).logits
         targets = labels[:, 1:].reshape(-1).to(logits.device)
-        flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+        flat = (logits if labels.shape[1] > logits.shape[1] else logits[:, :-1]).reshape(-1, logits.shape[-1]).float()  # a sequence-parallel slice: every position has a target
         if reduction == "sum":
             return F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum"), None
         keep = (targets != IGNORE).nonzero().squeeze(1)

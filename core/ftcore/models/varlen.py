@@ -100,6 +100,10 @@ def _segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[in
 def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention-interface function: (B, H, L, D) in, (B, L, H, D) out."""
     position_ids = kwargs.get("position_ids")
+    if position_ids is not None and hasattr(position_ids, "_ftcore_sp"):  # a slice of a row split across processes
+        from .sequence_parallel import attention
+
+        return attention(varlen_attention, module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     b, h, length, d = query.shape
     if attention_mask is not None or position_ids is None or key.shape[2] != length:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

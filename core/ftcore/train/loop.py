@@ -174,8 +174,9 @@ class Trainer:
 
         ctx, strategy, objective = self.ctx, self.ctx.strategy, self.objective
         data = ctx.eval_data
-        rows = list(range(strategy.rank, len(data), strategy.world_size))
-        per_rank = -(-len(data) // strategy.world_size)
+        rank, groups = self.schedule.rank, self.schedule.world_size  # sequence-parallel processes share rows
+        rows = list(range(rank, len(data), groups))
+        per_rank = -(-len(data) // groups)
         size = ctx.recipe["train"]["micro_batch"]
         sums: dict[str, Any] = {}
         total = 0
@@ -216,7 +217,8 @@ class Trainer:
         if not math.isfinite(out["loss"]):
             return out
         out["grad_norm"] = strategy.step()
-        real = strategy.all_reduce_sum(float(self.row_lengths[np.concatenate(rows)].sum()))  # non-padding tokens, all ranks
+        shared = strategy.world_size // self.schedule.world_size  # processes that train the same rows (sequence parallel)
+        real = strategy.all_reduce_sum(float(self.row_lengths[np.concatenate(rows)].sum()) / shared)  # non-padding tokens, all ranks
         return {**out, objective.weight_name: int(total), "real_tokens": int(real)}
 
     def guarded_step(self) -> dict[str, Any]:

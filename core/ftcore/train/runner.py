@@ -37,7 +37,8 @@ def make_schedule(data: Any, data_cfg: dict[str, Any], train_cfg: dict[str, Any]
         images = data.extras.get("image")
         if images is not None:  # one sample per row, so per-sample extras are per-row
             groups = np.array([image is not None for image in images], dtype=np.int64)
-    return Schedule(len(data), train_cfg["micro_batch"], strategy.world_size, strategy.rank, train_cfg["seed"], data_cfg["shuffle"], lengths, groups)
+    shared = int(train_cfg.get("sequence_parallel") or 1)  # a sequence-parallel group trains the same rows
+    return Schedule(len(data), train_cfg["micro_batch"], strategy.world_size // shared, strategy.rank // shared, train_cfg["seed"], data_cfg["shuffle"], lengths, groups)
 
 
 def make_hooks(recipe: Any, parts: Any) -> list[Any]:
@@ -112,6 +113,9 @@ class Run:
             raise FtcoreError("strategy single cannot run in several processes", where="strategy.name", hint="use strategy.name=ddp or a ZeRO strategy (zero2, zero3, ...)")
         strategy.setup()
         ctx.strategy = strategy
+        from ..models.sequence_parallel import join_for_run
+
+        self.sequence = join_for_run(recipe, strategy)
         if ctx.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             for hook in self.hooks:
@@ -144,6 +148,11 @@ class Run:
         adapter = make_adapter(recipe, parts)
         choice = self.choose_levers(model, adapter, strategy)
         self.plan = builder.prepare_for_training(model, model_cfg, recipe["adapter"], adapter)
+        if self.sequence is not None:
+            from ..models.sequence_parallel import check_model
+
+            check_model(model, self.plan, self.sequence)
+            self.plan.sequence_parallel = self.sequence
         if choice.can_fall_back:
             from ..models.speed import fall_back
 
@@ -225,8 +234,14 @@ class Run:
         from ..data.collate import collate_rows
 
         data = data if data is not None else self.ctx.data
-        batch = collate_rows([data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id, flat=self.plan.flat)
-        return self.builder.prepare_batch(batch)  # e.g. images -> pixel_values
+        sp = self.plan.sequence_parallel
+        batch = collate_rows([data.row(i) for i in rows], self.ctx.tokenizer.pad_token_id, flat=self.plan.flat, multiple_of=8 * (sp.size if sp else 1))
+        batch = self.builder.prepare_batch(batch)  # e.g. images -> pixel_values
+        if sp is not None:
+            from ..models.sequence_parallel import shard_batch
+
+            batch = shard_batch(batch, sp)
+        return batch
 
     def save(self) -> Path:
         """Write ``checkpoint-STEP``; every rank takes part (sharded engines save their shards)."""
