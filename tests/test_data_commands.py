@@ -89,7 +89,7 @@ def test_convert_to_lists_the_formats_that_can_be_written(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
     for to, why in (("medical", "cannot write records"), ("sharegtp", "did you mean 'sharegpt'")):
         err = failed(ftcore("data", "convert", "d.jsonl", "out.jsonl", "--to", to, cwd=tmp_path))
-        assert why in err and "formats that can be written: alpaca, conversation, openai, pretrain, sharegpt" in err
+        assert why in err and "formats that can be written: alpaca, conversation, oasst1, openai, pretrain, sharegpt" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 
 

@@ -135,3 +135,19 @@ def test_dpo_with_an_eval_loss_on_two_processes_matches_one(tmp_path) -> None:
     for a, b in zip(one, two):
         for key in ("eval_loss", "eval_rewards/accuracy", "rewards/margin"):
             assert (key in a) == (key in b) and (key not in a or a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4)), key
+
+
+def test_one_machine_runs_take_a_free_port_and_several_machines_agree_on_29500(monkeypatch) -> None:
+    """Two single-machine launches side by side (two jobs, or this suite's workers) must not both
+    take torchrun's 29500; a multi-machine launch keeps it, as every node must name the same port."""
+    import socket
+
+    from ftcore.train.launch import Launch
+
+    for var in ("PORT", "NNODES"):
+        monkeypatch.delenv(var, raising=False)
+    port = Launch.resolve("2", None, None, None, None).master_port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # free when chosen
+    assert Launch.resolve("2", 2, 0, None, None).master_port == 29500
+    assert Launch.resolve("2", None, None, None, 12345).master_port == 12345

@@ -44,8 +44,18 @@ class Launch:
             nnodes=int(nnodes or env.get("NNODES") or 1),
             node_rank=int(node_rank if node_rank is not None else env.get("NODE_RANK") or 0),
             master_addr=addr or env.get("ADDR") or "127.0.0.1",
-            master_port=int(port or env.get("PORT") or 29500),
+            master_port=int(port or env.get("PORT") or (29500 if int(nnodes or env.get("NNODES") or 1) > 1 else free_port())),
         )
+
+
+def free_port() -> int:
+    """A free TCP port on this machine: one-machine runs side by side (two jobs, or a test suite's
+    workers) must not all take torchrun's 29500; several machines agree on --master-port instead."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def under_launcher() -> bool:

@@ -42,10 +42,7 @@ def make_family_model(family: str, out_dir: str | Path, *, hidden: int = 64, lay
     a small BPE tokenizer with the family's special tokens, and the family template's Jinja as chat_template."""
     import torch
     import transformers
-    from ftcore.api import make_tokenizer
-
-    from ftcore.parts import collect_parts
-    from ftcore.plugins import get_plugin_manager
+    from ftcore.api import installed_parts, make_tokenizer
 
     spec = FAMILIES[family]
     out = Path(out_dir)
@@ -54,7 +51,7 @@ def make_family_model(family: str, out_dir: str | Path, *, hidden: int = 64, lay
     names = [t for t in (spec.bos, spec.eos, *spec.special) if t and t not in tok.get_vocab()]
     tok.add_special_tokens({"additional_special_tokens": names})
     tok.bos_token, tok.eos_token = spec.bos, spec.eos
-    template = collect_parts(get_plugin_manager()).templates.get(spec.template)
+    template = installed_parts().templates.get(spec.template)
     tok.chat_template = template.jinja
     tok.save_pretrained(str(out))
     config = getattr(transformers, spec.config)(
