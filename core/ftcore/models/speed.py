@@ -192,11 +192,12 @@ def resolve(recipe: Any, model: Any, row_lengths: Any, trains_base: bool, device
 
     row_lengths = np.asarray(row_lengths)
     rows = len(row_lengths)
-    rows_per_step = (train_cfg.get("micro_batch") or 1) * train_cfg["grad_accum"] * strategy.world_size
+    split = train_cfg.get("sequence_parallel") or 1  # processes that share each row: a row's tokens each
+    rows_per_step = (train_cfg.get("micro_batch") or 1) * train_cfg["grad_accum"] * max(1, strategy.world_size // split)
     steps = train_cfg["max_steps"] or -(-int(train_cfg["epochs"] * rows) // rows_per_step)
     mean_row = float(row_lengths.mean()) if rows else 0.0
     try:
-        shape = Shape.of(model.config, int(row_lengths.max()) if rows else 1, trains_base, int(adapter_cfg.get("r") or 64),
+        shape = Shape.of(model.config, -(-int(row_lengths.max()) // split) if rows else 1, trains_base, int(adapter_cfg.get("r") or 64),
                          sum(p.numel() for p in model.parameters()), train_cfg["optimizer"], run_tokens=int(steps * rows_per_step * mean_row)) if cuda else None
     except (AttributeError, TypeError):  # a config without the usual fields: the manual levers
         shape = None
