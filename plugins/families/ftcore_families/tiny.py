@@ -40,9 +40,12 @@ FAMILIES: dict[str, Family] = {
 def make_family_model(family: str, out_dir: str | Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """A tiny random checkpoint of ``family`` (a key of :data:`FAMILIES`) in ``out_dir``: its config class,
     a small BPE tokenizer with the family's special tokens, and the family template's Jinja as chat_template."""
+    from importlib import resources
+
     import torch
     import transformers
-    from ftcore.api import installed_parts, make_tokenizer
+
+    from ftcore.api import PromptTemplate, make_tokenizer
 
     spec = FAMILIES[family]
     out = Path(out_dir)
@@ -51,7 +54,7 @@ def make_family_model(family: str, out_dir: str | Path, *, hidden: int = 64, lay
     names = [t for t in (spec.bos, spec.eos, *spec.special) if t and t not in tok.get_vocab()]
     tok.add_special_tokens({"additional_special_tokens": names})
     tok.bos_token, tok.eos_token = spec.bos, spec.eos
-    template = installed_parts().templates.get(spec.template)
+    template = PromptTemplate.from_file(Path(str(resources.files("ftcore.templates") / f"{spec.template}.yaml")))  # the shipped template file
     tok.chat_template = template.jinja
     tok.save_pretrained(str(out))
     config = getattr(transformers, spec.config)(
