@@ -1,4 +1,4 @@
-"""Model families (Qwen2.5, Qwen3, Llama 3, Mistral, Gemma 2/3, Phi-3) on tiny checkpoints of their real config classes and chat templates:
+"""Model families (Qwen2.5, Qwen3, Llama 3, Mistral, Gemma 2/3, Phi-3/4) on tiny checkpoints of their real config classes and chat templates:
 train, pack with isolation, chat and merge through the CLI; each speed lever gives the same loss and gradients or refuses clearly."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import yaml
 
 from helpers import adapter_step, lora_model, run_cli
 
-FAMILIES = ["qwen2_5", "qwen3", "llama3", "mistral", "gemma2", "gemma3", "phi3"]
+FAMILIES = ["qwen2_5", "qwen3", "llama3", "mistral", "gemma2", "gemma3", "phi3", "phi4"]
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_every_family_has_lora_and_qlora_recipes_in_ftcore_list() -> None:
     listed = {r["name"]: r for r in json.loads(run_cli("list", "recipes", "--json", check=True).stdout)}
-    for family in [*FAMILIES, "phi4"]:
+    for family in FAMILIES:
         for kind in ("lora", "qlora"):
             assert listed[f"{family}_{kind}"]["plugin"].startswith("families"), listed.get(f"{family}_{kind}")
 
@@ -66,10 +66,6 @@ def _recipe(tmp_path: Path, model: Path, family: str, data: Path, **model_cfg) -
     return path
 
 
-#: families also merged and chatted with through the CLI (the rest share their code paths; each subprocess costs seconds)
-CHATTED = ("qwen2_5", "gemma2", "phi3")
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_trains_packed_merges_and_chats_through_the_cli(family, family_models, tmp_path, self_cognition_file) -> None:
     model = family_models[family]
@@ -78,8 +74,6 @@ def test_family_trains_packed_merges_and_chats_through_the_cli(family, family_mo
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ckpt = tmp_path / "wd" / "checkpoint-3"
     assert (ckpt / "adapter_model.safetensors").is_file()
-    if family not in CHATTED:
-        return
     merged = tmp_path / "merged"
     proc = run_cli("merge", str(model), str(ckpt), str(merged))
     assert proc.returncode == 0, proc.stdout + proc.stderr

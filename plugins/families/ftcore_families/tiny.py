@@ -34,6 +34,7 @@ FAMILIES: dict[str, Family] = {
     "gemma3": Family("Gemma3TextConfig", "Gemma3ForCausalLM", "gemma3_chat", "<bos>", "<eos>", ("<start_of_turn>", "<end_of_turn>"),
                      {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 24, "layer_types": ["sliding_attention", "full_attention"]}),
     "phi3": Family("Phi3Config", "Phi3ForCausalLM", "phi3_instruct", "<s>", "<|endoftext|>", ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>")),
+    "phi4": Family("Phi3Config", "Phi3ForCausalLM", "phi4_chat", None, "<|im_end|>", ("<|im_start|>", "<|im_sep|>", "<|endoftext|>")),
 }
 
 
