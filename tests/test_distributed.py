@@ -44,11 +44,17 @@ def assert_peft_adapter(ckpt: Path, base: Path) -> None:
     assert torch.isfinite(model(torch.tensor([[1, 5, 6]])).logits).all()
 
 
-@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+@pytest.mark.parametrize("strategy", ["zero2", "zero3", "zero3 keep_base=never"])
 def test_single_process_zero_matches_and_saves_a_peft_adapter(strategy, tmp_path, tiny_llama, self_cognition_file, reference) -> None:
+    """ZeRO-2, ZeRO-3 keeping the frozen base whole (it fits: auto) and ZeRO-3 sharding it train alike."""
     pytest.importorskip("deepspeed")
-    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, adapter=NO_DROPOUT, train={"max_steps": STEPS, "micro_batch": 2, "grad_accum": 2}, strategy={"name": strategy})
-    run_cli("run", "--recipe", str(recipe), check=True)
+    name, *options = strategy.split()
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, adapter=NO_DROPOUT, train={"max_steps": STEPS, "micro_batch": 2, "grad_accum": 2},
+                         strategy={"name": name, **dict(o.split("=") for o in options)})
+    proc = run_cli("run", "--recipe", str(recipe), check=True)
+    if name == "zero3":
+        kept = "never" not in strategy
+        assert ("stays whole on each device" in proc.stdout) == kept and ("is sharded over 1 process(es)" in proc.stdout) != kept
     assert_same_curve(metrics(tmp_path / "wd"), reference)
     ckpt = tmp_path / "wd" / f"checkpoint-{STEPS}"
     assert (ckpt / "deepspeed").is_dir()
