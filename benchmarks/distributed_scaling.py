@@ -26,8 +26,10 @@ SHAPES = {
     "1.8b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192, vocab_size=92544),
     "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, vocab_size=92544),
 }
-STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
-REFUSED = {("qlora", "zero3"): "refused: ZeRO-3 cannot partition a 4-bit base"}
+STRATEGIES = ("ddp", "zero2", "zero3", "zero3_sharded", "fsdp")
+#: a strategy name here -> the recipe's strategy section (zero3 keeps a base that fits whole; zero3_sharded shards it as ZeRO-3 did before)
+SECTIONS = {"zero3_sharded": {"name": "zero3", "keep_base": "never"}}
+REFUSED = {("qlora", "zero3"): "refused: ZeRO-3 cannot partition a 4-bit base", ("qlora", "zero3_sharded"): "refused: ZeRO-3 cannot partition a 4-bit base"}
 
 
 def checkpoint(root: Path, shape: str) -> Path:
@@ -61,7 +63,7 @@ def run(model: Path, data: Path, work: Path, adapter: str, strategy: str, gpus: 
         "adapter": {"kind": adapter, "r": 64, "alpha": 16, "dropout": 0.1},
         "data": {"path": str(data), "format": "openai", "template": "internlm2_chat", "max_length": 2048},
         "train": {"max_steps": steps, "micro_batch": 2, "grad_accum": 4, "save_every": 0, "lr": 2e-4},
-        "strategy": {"name": strategy},
+        "strategy": SECTIONS.get(strategy, {"name": strategy}),
         "hooks": ["metrics_log"],
         "work_dir": str(work),
     }
