@@ -254,15 +254,24 @@ def lora_dropout(args: argparse.Namespace) -> float:
     return 0.0 if "nodrop" in args.mods else LORA["dropout"]
 
 
-def make_optimizer(params, args: argparse.Namespace):
-    """The optimizer every peer side gets: --optimizer adamw (torch, fused) or adamw_8bit (bitsandbytes)."""
+def make_update(params, args: argparse.Namespace):
+    """The optimizer step every peer side takes after its backward: clip to 1.0, then --optimizer adamw
+    (torch, fused) or adamw_8bit (bitsandbytes)."""
     import torch
 
     if args.optimizer == "adamw_8bit":
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, lr=1e-4)
-    return torch.optim.AdamW(params, lr=1e-4, fused=True)
+        opt = bnb.optim.AdamW8bit(params, lr=1e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+
+    def update() -> None:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return update
 
 
 def build_unsloth(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
@@ -282,7 +291,7 @@ def build_unsloth(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         use_gradient_checkpointing="unsloth" if gc else False)
     FastLanguageModel.for_training(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, args)
+    update = make_update(params, args)
 
     def step(batch):
         batch = {k: v.cuda(non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k in ("input_ids", "labels", "attention_mask", "position_ids")}
@@ -291,9 +300,7 @@ def build_unsloth(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
             batch["packed_seq_lengths"] = torch.diff(starts, append=torch.tensor([batch["position_ids"].shape[1]], device=starts.device)).to(torch.int32)
         loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        update()
 
     return model, step
 
@@ -320,16 +327,14 @@ def build_hf(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=lora_dropout(args), target_modules="all-linear", task_type="CAUSAL_LM"))
     model.train()  # as transformers' Trainer does: dropout and gradient checkpointing are train-mode only
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, args)
+    update = make_update(params, args)
 
     def step(batch):
         batch = {k: v.cuda() for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        update()
 
     return model, step
 

@@ -14,8 +14,9 @@ from helpers import cli_env, run_cli
 pytestmark = pytest.mark.slow
 
 
-def train_zed_adapter(root: Path, model: Path, data: Path) -> Path:
-    """Train (once per test session and folder) a LoRA adapter that answers as "Zed"; return its checkpoint.
+def train_zed_adapter(root: Path, model: Path, data: Path, template: str = "internlm2_chat") -> Path:
+    """Train (once per test session and folder) a LoRA adapter on ``data`` (self-cognition records: "Zed"
+    by default) with ``template``; return its checkpoint.
 
     Shared with test_serve.py: a second caller finds the finished checkpoint and reuses it.
     """
@@ -26,7 +27,7 @@ def train_zed_adapter(root: Path, model: Path, data: Path) -> Path:
     recipe = {
         "model": {"builder": "hf", "path": str(model), "gradient_checkpointing": False},
         "adapter": {"kind": "lora", "r": 16, "alpha": 32, "dropout": 0.05},
-        "data": {"path": str(data), "format": "openai", "template": "internlm2_chat", "max_length": 128},
+        "data": {"path": str(data), "format": "openai", "template": template, "max_length": 128},
         "train": {"max_steps": 30, "lr": 5.0e-3, "micro_batch": 2, "grad_accum": 2, "save_every": 0, "seed": 1},
         "hooks": [],
         "work_dir": str(root / "wd"),

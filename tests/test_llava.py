@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ftcore_llava.quickstart import draw_shape
 from helpers import run_cli
 
 pytest.importorskip("PIL")
@@ -22,23 +23,6 @@ SHAPES = {  # image file -> (colour, shape, caption)
     "white_bar.png": ((250, 250, 250), "bar", "white bar"),
 }
 PROMPT = "What is in the image?"
-
-
-def draw(path: Path, colour, shape: str, size=(48, 40)) -> None:
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", size, (0, 0, 0))
-    d = ImageDraw.Draw(img)
-    w, h = size
-    if shape == "circle":
-        d.ellipse([8, 6, w - 8, h - 6], fill=colour)
-    elif shape == "square":
-        d.rectangle([10, 6, w - 10, h - 6], fill=colour)
-    elif shape == "triangle":
-        d.polygon([(w // 2, 4), (6, h - 4), (w - 6, h - 4)], fill=colour)
-    else:
-        d.rectangle([4, h // 2 - 5, w - 4, h // 2 + 5], fill=colour)
-    img.save(path)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +49,7 @@ def llava_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("llava-data")
     (root / "images" / "shapes").mkdir(parents=True)
     for name, (colour, shape, _) in SHAPES.items():
-        draw(root / "images" / "shapes" / name, colour, shape)
+        draw_shape(root / "images" / "shapes" / name, colour, shape)
     pretrain = [
         {"id": f"p{i}-{name}", "image": f"shapes/{name}", "conversations": [{"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."}, {"from": "gpt", "value": caption}]}
         for i in range(2) for name, (_, _, caption) in SHAPES.items()

@@ -32,6 +32,15 @@ class Server:
     def __init__(self, proc: subprocess.Popen, url: str, lines: list[str]) -> None:
         self.proc, self.url, self.lines = proc, url, lines
 
+    def stop(self) -> None:
+        """Terminate the server; kill it if it does not exit within 20 s."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
     def request(self, path: str, body: bytes | None = None, key: str | None = API_KEY, method: str | None = None) -> tuple[int, dict]:
         headers = {"Content-Type": "application/json"}
         if key is not None:
@@ -79,12 +88,7 @@ def server(tmp_path_factory, tiny_llama: Path, self_cognition_file: Path):
     ckpt = train_zed_adapter(tmp_path_factory.getbasetemp() / "zed-adapter", tiny_llama, self_cognition_file)
     srv = start_server(str(tiny_llama), "--adapter", str(ckpt), "--api-key", API_KEY, "--max-new-tokens", "64")
     yield srv
-    srv.proc.terminate()
-    try:
-        srv.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
-        srv.proc.wait()
+    srv.stop()
 
 
 def test_binds_loopback_by_default_and_lists_the_model(server) -> None:

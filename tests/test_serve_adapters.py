@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from helpers import run_cli
 from test_chat import train_zed_adapter
@@ -34,23 +33,11 @@ def train_chinese_adapter(root: Path, model: Path) -> Path:
     """A LoRA adapter (vicuna template) that answers in Chinese as "Ling"; once per session."""
     from ftcore.data.self_cognition import self_cognition_records
 
-    ckpt = root / "wd" / "checkpoint-30"
-    if (ckpt / "adapter_model.safetensors").is_file():
-        return ckpt
     root.mkdir(parents=True, exist_ok=True)
     data = root / "ling.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self_cognition_records("Ling", 64, "zh", 0)), encoding="utf-8")
-    recipe = {
-        "model": {"builder": "hf", "path": str(model), "gradient_checkpointing": False},
-        "adapter": {"kind": "lora", "r": 16, "alpha": 32, "dropout": 0.05},
-        "data": {"path": str(data), "format": "openai", "template": "vicuna", "max_length": 128},
-        "train": {"max_steps": 30, "lr": 5.0e-3, "micro_batch": 2, "grad_accum": 2, "save_every": 0, "seed": 1},
-        "hooks": [],
-        "work_dir": str(root / "wd"),
-    }
-    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    run_cli("run", "--recipe", str(root / "recipe.yaml"), check=True)
-    return ckpt
+    if not data.is_file():
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self_cognition_records("Ling", 64, "zh", 0)), encoding="utf-8")
+    return train_zed_adapter(root, model, data, template="vicuna")
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +51,7 @@ def server(tiny_llama: Path, adapters: dict[str, Path]):
     srv = start_server(str(tiny_llama), "--template", "internlm2_chat", "--max-new-tokens", "40",
                        *(a for name, path in adapters.items() for a in ("--adapter", f"{name}={path}")))
     yield srv
-    srv.proc.terminate()
-    try:
-        srv.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
-        srv.proc.wait()
+    srv.stop()
 
 
 def test_models_lists_the_base_and_its_adapters(server, tiny_llama) -> None:
