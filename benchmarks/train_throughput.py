@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -160,6 +161,38 @@ def hf_batches(samples, mode: str, micro_batch: int, width: int):
             yield {"input_ids": ids, "attention_mask": mask, "labels": labels}, int(mask.sum())
 
 
+# kernel name pattern -> category, first match wins (for the profile's summary)
+KERNEL_KINDS = [
+    ("attention", r"flash|fmha|attn"),
+    ("gemm", r"gemm|nvjet|cutlass|sm90_xmma|sm80_xmma|cublas|matmul"),
+    ("nf4 dequant", r"dequant|kDequantize"),
+    ("optimizer", r"optimizer|adam|8bit"),
+    ("copy", r"memcpy|memset|copy"),
+    ("compiled (triton)", r"^triton_"),
+    ("loss head / softmax", r"softmax|cross_entropy|log_softmax|nll"),
+    ("other elementwise/reduce", r"."),
+]
+
+
+def kernel_summary(prof, wall: float) -> str:
+    """GPU time per kernel category for the profiled steps, against wall time."""
+    import torch
+
+    totals: dict[str, float] = {}
+    count = 0
+    for e in prof.key_averages():
+        if e.device_type != torch.autograd.DeviceType.CUDA or "#" in e.key or e.key.startswith("ProfilerStep"):
+            continue  # CPU-side ops carry their kernels' time too (count the kernels once); annotations are ranges
+        kind = next(k for k, pat in KERNEL_KINDS if re.search(pat, e.key, re.I))
+        totals[kind] = totals.get(kind, 0.0) + e.self_device_time_total / 1e6
+        count += e.count
+    busy = sum(totals.values())
+    lines = [f"  PROFILE 2 steps: wall {wall * 1e3:.0f} ms, GPU busy {busy * 1e3:.0f} ms ({busy / wall:.0%}), {count} kernels"]
+    for kind, t in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {kind:26s} {t * 1e3:8.1f} ms  {t / wall:5.1%}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- one case
 
 
@@ -213,10 +246,23 @@ def run_case(args: argparse.Namespace) -> dict:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            p0 = time.perf_counter()
             for _ in range(2):
                 step(next(batches)[0])
             torch.cuda.synchronize()
-        print("  " + prof.key_averages().table(sort_by="cuda_time_total", row_limit=22).replace("\n", "\n  "), flush=True)
+            wall = time.perf_counter() - p0
+        print(kernel_summary(prof, wall), flush=True)
+        for key in ("self_device_time_total", "self_cpu_time_total"):
+            print("  " + prof.key_averages().table(sort_by=key, row_limit=30).replace("\n", "\n  "), flush=True)
+        if args.trace_dir:  # the chrome trace, gzipped, for finding GPU idle gaps
+            import gzip
+            import shutil
+
+            raw = Path(args.trace_dir) / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.case) + ".json")  # plain file names
+            prof.export_chrome_trace(str(raw))
+            with open(raw, "rb") as src, gzip.open(f"{raw}.gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            raw.unlink()
     tps = tokens / elapsed
     flops = (6 if method == "full" else 4) * n_matmul
     return {"case": args.case, "model": args.model, "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -529,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-tokens", type=int, default=50_000_000, help="+auto: the length of the run speed auto plans for (compile pays off on long runs)")
     p.add_argument("--json", help="append results as JSON lines to this file")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of two more steps per case")
+    p.add_argument("--trace-dir", help="with --profile: write each case's chrome trace (gzipped) here")
     return p
 
 

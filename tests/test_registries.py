@@ -112,3 +112,34 @@ def test_a_plugin_schedule_drives_warmup_decay_and_resume(parts) -> None:
     assert resumed(50) == pytest.approx(fn(50)) and resumed(65) == pytest.approx(fn(50) / 2)  # on from where it was, over the new length
     with pytest.raises(Exception, match="not one of the core's schedules"):
         build_scheduler(torch.optim.SGD(params, lr=1.0), cfg, 100)  # outside a run, only the core's are found by name
+
+
+def test_8bit_adamw_updates_like_bitsandbytes_without_waiting_for_the_device(monkeypatch) -> None:
+    import bitsandbytes as bnb
+    import bitsandbytes.optim.optimizer as bnb_optimizer
+    import torch
+
+    from ftcore.train.optim import OPTIMIZERS
+
+    waits: list[str] = []
+    monkeypatch.setattr(bnb_optimizer, "sync_gpu", lambda t: waits.append("wait"))
+    cfg = {"lr": 1e-2, "weight_decay": 0.01, "betas": (0.9, 0.999)}
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5000)) for _ in range(3)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt, reference = OPTIMIZERS["adamw_8bit"](ours, cfg), bnb.optim.AdamW8bit(theirs, **cfg)
+    assert isinstance(opt, bnb.optim.AdamW8bit)  # checkpoints and state dicts stay bitsandbytes'
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn(5000)
+            q.grad = p.grad.clone()
+        opt.step()
+        assert waits == []  # no per-parameter device sync
+        reference.step()
+        assert len(waits) == 3  # bitsandbytes' own step waits after every parameter
+        waits.clear()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))  # the same update, bit for bit
+    paged = OPTIMIZERS["paged_adamw_8bit"]([torch.nn.Parameter(torch.randn(4096))], cfg)
+    paged.param_groups[0]["params"][0].grad = torch.randn(4096)
+    paged.step()
+    assert waits  # paged state keeps bitsandbytes' waits (its prefetches are asynchronous)
