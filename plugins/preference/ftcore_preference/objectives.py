@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal
 
-from ftcore.api import IGNORE, FtcoreError, Objective, Option, TrainingPlan
+from ftcore.api import IGNORE, FtcoreError, Objective, Option, TrainingPlan, to_device
 
 REFERENCE_FILE = "reference_logps.json"
 
@@ -25,10 +25,9 @@ def answer_logps(plan: TrainingPlan, model: Any, batch: dict[str, Any]) -> tuple
     labels = batch["labels"][:, 1:].reshape(-1).cpu()  # in CPU memory already when a loss head reads it
     owner = samples["index"][:, 1:].reshape(-1)[labels != IGNORE]  # the same order as the head's trained positions
     n = len(samples["side"])
-    owner = owner.to(nll.device, non_blocking=True)
-    logps = segment_sum(-nll, owner, n)
-    lengths = torch.bincount(owner, minlength=n)
-    return logps, lengths, samples["pair"]
+    # counted in CPU memory and sent through pinned memory: no wait for the device mid-step
+    on_device = to_device({"owner": owner, "lengths": torch.bincount(owner, minlength=n)}, nll.device)
+    return segment_sum(-nll, on_device["owner"], n), on_device["lengths"], samples["pair"]
 
 
 def split_pairs(values: Any, sides: list[int]) -> tuple[Any, Any]:
@@ -110,7 +109,7 @@ class DPO(PairObjective):
 
         from .losses import dpo_loss
 
-        ref = torch.tensor([self.reference[p] for p in pairs], dtype=torch.float32).to(chosen.device, non_blocking=True)
+        ref = to_device({"ref": torch.tensor([self.reference[p] for p in pairs], dtype=torch.float32)}, chosen.device)["ref"]
         return dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta=self.beta, label_smoothing=self.label_smoothing,
                         loss_type=self.loss_type, chosen_lengths=chosen_len, rejected_lengths=rejected_len)
 
@@ -193,7 +192,7 @@ def answer_scores(plan: TrainingPlan, model: Any, batch: dict[str, Any]) -> Any:
         model(**plan.inputs(batch), use_cache=False)
     finally:
         hook.remove()
-    return captured[-1].reshape(-1).index_select(0, last.to(captured[-1].device, non_blocking=True)).float()
+    return captured[-1].reshape(-1).index_select(0, to_device({"last": last}, captured[-1].device)["last"]).float()
 
 
 def score_module(model: Any) -> Any:
