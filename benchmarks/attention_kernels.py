@@ -22,9 +22,30 @@ def flash(q, k, v, cu, longest, scale):
     return out, lambda g: torch.ops.aten._flash_attention_backward(g, q, k, v, out, lse, cu, cu, longest, longest, 0.0, True, rng, unused, scale=scale)
 
 
-def cudnn_ragged(q, k, v, cu, longest, scale):
+def cudnn_ragged(q, k, v, cu, longest, scale, bias_shape=(0,)):
     out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, longest, longest, True, 0.0, True, False, scale=scale)
-    return out, lambda g: torch.ops.aten._cudnn_attention_backward(g, q, k, v, out, lse, seed, offset, torch.empty(0, device=q.device), cu, cu, longest, longest, 0.0, True, scale=scale)
+    unused = torch.empty(bias_shape, device=q.device, dtype=q.dtype)
+    return out, lambda g: torch.ops.aten._cudnn_attention_backward(g, q, k, v, out, lse, seed, offset, unused, cu, cu, longest, longest, 0.0, True, scale=scale)
+
+
+def repeated(kernel):
+    """``kernel`` with the key/value heads repeated up to the query heads (for kernels without grouped heads);
+    the key/value gradients summed back per group."""
+    def run(q, k, v, cu, longest, scale):
+        groups = q.shape[1] // k.shape[1]
+        out, bwd = kernel(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), cu, longest, scale)
+
+        def backward(g):
+            dq, dk, dv = bwd(g)
+            return dq, dk.unflatten(1, (-1, groups)).sum(2), dv.unflatten(1, (-1, groups)).sum(2)
+
+        return out, backward
+
+    return run
+
+
+def cudnn_ragged_4d_bias(q, k, v, cu, longest, scale):
+    return cudnn_ragged(q, k, v, cu, longest, scale, bias_shape=(0, 0, 0, 0))
 
 
 def timed(fn, repeat: int) -> float:
@@ -73,10 +94,17 @@ def main() -> None:
         ref_out, ref_bwd = flash(q, k, v, cu, longest, scale)
         ref_grads = ref_bwd(g)
         print(f"\n{name}: {len(lengths)} samples, longest {longest}")
-        for kernel_name, kernel in (("flash2 varlen", flash), ("cudnn ragged", cudnn_ragged)):
+        kernels = (("flash2 varlen", flash), ("cudnn ragged", cudnn_ragged), ("cudnn ragged, 4-d unused bias", cudnn_ragged_4d_bias),
+                   ("cudnn ragged, repeated kv", repeated(cudnn_ragged)), ("cudnn ragged, repeated kv, 4-d", repeated(cudnn_ragged_4d_bias)))
+        for kernel_name, kernel in kernels:
+            stage = "forward"
             try:
                 out, bwd = kernel(q, k, v, cu, longest, scale)
+                torch.cuda.synchronize()
+                stage = "backward"
                 grads = bwd(g)
+                torch.cuda.synchronize()
+                stage = "timing"
                 diffs = [rel(out, ref_out)] + [rel(a, b) for a, b in zip(grads, ref_grads)]
 
                 def fwd_bwd(kernel=kernel):
@@ -84,9 +112,9 @@ def main() -> None:
                     b(g)
 
                 ms = timed(fwd_bwd, args.repeat)
-                print(f"  {kernel_name:14s} fwd+bwd {ms:7.3f} ms   rel diff out {diffs[0]:.1e} dq {diffs[1]:.1e} dk {diffs[2]:.1e} dv {diffs[3]:.1e}", flush=True)
+                print(f"  {kernel_name:32s} fwd+bwd {ms:7.3f} ms   rel diff out {diffs[0]:.1e} dq {diffs[1]:.1e} dk {diffs[2]:.1e} dv {diffs[3]:.1e}", flush=True)
             except Exception as exc:  # noqa: BLE001  (a kernel this build lacks is a row of the table)
-                print(f"  {kernel_name:14s} FAILED: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                print(f"  {kernel_name:32s} FAILED in {stage}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
         if name.startswith("rows"):  # Unsloth's unpacked rows: dense causal SDPA (cuDNN on Hopper), no isolation
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
