@@ -18,7 +18,9 @@ LoRA product added into the base output in place instead of peft's clone + scale
 optimizer step every N micro batches, as ``train.grad_accum=N``; otherwise every micro batch). Levers that are always
 on in ftcore can be turned off to measure them: ``noskip`` (offloaded replays compute down_proj's frozen GEMM
 again), ``headrecompute`` (the frozen loss head recomputes each chunk's logits in backward, as a trained head does),
-``gpulabels`` (labels go to the GPU, and the loss head finds the trained positions there).
+``gpulabels`` (labels go to the GPU, and the loss head finds the trained positions there). With ``compile``:
+``static`` (layers compiled for the batch shape instead of dynamic shapes), ``graphs`` (static, and inductor's
+CUDA graphs: mode="reduce-overhead", for the host launch overhead).
 
 MFU counts 4 * N_matmul FLOPs per token for adapter training (forward 2N, backward through
 activations 2N) and 6 * N_matmul for full fine-tunes; attention FLOPs are left out.
@@ -430,6 +432,10 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
+    if "static" in args.mods or "graphs" in args.mods:  # compiled layers specialised to the batch shape / CUDA graphs
+        from ftcore.models import loading
+
+        loading.COMPILE_OPTIONS = {"dynamic": False, **({"mode": "reduce-overhead"} if "graphs" in args.mods else {})}
     plan = prepare_for_training(model, recipe["model"], recipe["adapter"])
     model = plan.model
     if "noskip" in args.mods:
@@ -447,6 +453,8 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     micro, accum = [0], next((int(m[2:]) for m in args.mods if m.startswith("ga")), 1)
 
     def step(batch):
+        if "graphs" in args.mods:  # a new forward+backward: CUDA graph trees may reuse the last step's memory
+            torch.compiler.cudagraph_mark_step_begin()
         n = int((batch["labels"][:, 1:] != IGNORE).sum())  # on the CPU copy: no device sync
         batch = to_device(batch, device, keep=keep)  # as the trainer does: pinned, no sync
         with torch.autocast("cuda", dtype=torch.bfloat16):

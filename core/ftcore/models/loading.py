@@ -103,6 +103,11 @@ def lora_targets(model: Any, targets: Any) -> Any:
     return sorted(names)
 
 
+#: ``torch.compile`` options for each decoder layer. Dynamic shapes: packed micro batches vary in
+#: length, and one compiled graph serves them all instead of one recompile per length.
+COMPILE_OPTIONS: dict[str, Any] = {"dynamic": True}
+
+
 def compile_layers(model: Any) -> int:
     """``torch.compile`` every decoder layer in place (regional compilation: the layers share one
     compiled graph, so compiling costs one layer's time, not the model's). Returns how many."""
@@ -117,7 +122,7 @@ def compile_layers(model: Any) -> int:
         )
     cache_compiled()
     for layer in layers:
-        layer.compile(dynamic=True)
+        layer.compile(**COMPILE_OPTIONS)
     return len(layers)
 
 
