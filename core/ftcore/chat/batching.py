@@ -66,7 +66,7 @@ class Job:
         self.eos = eos
         self.text = AnswerText(generation.tokenizer, generation.ids, generation.words)
         self.tokens: list[int] = []
-        self.generator: Any = None  # a torch.Generator for a sampled answer, made by the scheduler
+        self.generator: Any = None  # a torch.Generator for an answer sampled with a seed, made by the scheduler
         self.reason: str | None = None  # finish_reason asked for by stop(), e.g. "length" at a deadline
         self.joined = False  # it got a row in the batch
         self.ended = False
@@ -280,12 +280,9 @@ class Batcher:
             ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[i, width - len(prompt) :] = 1
             job.joined = True
-            if job.generation.sampling.temperature > 0:
+            if job.generation.sampling.temperature > 0 and job.generation.sampling.seed is not None:
                 job.generator = torch.Generator(device=device)
-                if job.generation.sampling.seed is not None:
-                    job.generator.manual_seed(job.generation.sampling.seed)
-                else:
-                    job.generator.seed()
+                job.generator.manual_seed(job.generation.sampling.seed)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = self._forward(ids, mask, positions, cache, new, last_only=True)
@@ -385,7 +382,8 @@ class Batcher:
 
     def _sample(self, logits: Any, rows: list[Job]) -> Any:
         """The next token of each row: greedy where temperature is 0, else sampled with the
-        row's temperature, top-k and top-p from its own generator (a seed makes it repeatable)."""
+        row's temperature, top-k and top-p; rows with a seed draw from their own generator (so
+        they repeat), the others in one draw for all of them."""
         import torch
 
         logits = logits.float()
@@ -411,8 +409,12 @@ class Batcher:
             drop[:, 0] = False
             scores = scores.scatter(1, order, ordered.masked_fill(drop, float("-inf")))
         probs = scores.softmax(dim=-1)
+        unseeded = [row for row, i in enumerate(sampled) if rows[i].generator is None]
+        if unseeded:
+            tokens[[sampled[row] for row in unseeded]] = torch.multinomial(probs[unseeded], 1).squeeze(1)
         for row, i in enumerate(sampled):
-            tokens[i] = torch.multinomial(probs[row], 1, generator=rows[i].generator)[0]
+            if rows[i].generator is not None:
+                tokens[i] = torch.multinomial(probs[row], 1, generator=rows[i].generator)[0]
         return tokens
 
     def _device(self) -> Any:
