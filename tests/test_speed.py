@@ -52,6 +52,24 @@ def test_when_nothing_fits_the_layer_inputs_and_embeddings_go_to_cpu_memory() ->
     assert choice.micro_batch == 1 and "tight memory" in choice.summary()
 
 
+def test_a_per_process_memory_cap_is_what_auto_has_to_fit_in(monkeypatch) -> None:
+    import torch
+
+    from ftcore.models.speed import free_memory
+
+    cap = {"fraction": 1.0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (130 * GIB, 140 * GIB))  # an H200 with a model loaded
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: cap["fraction"], raising=False)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 4 * GIB)
+    assert free_memory(0) == 130 * GIB  # no cap: what the device has free
+    cap["fraction"] = 24 / 140  # capped at 24 GiB, as on a consumer card, with 4 GiB of it held already
+    assert free_memory(0) == 20 * GIB
+    capped = choose(shape(SHAPE_18B), free_memory(0) / GIB)
+    assert capped.levers["gradient_checkpointing"] and capped.micro_batch == 8  # uncapped it trains without checkpointing
+    cap["fraction"] = 0.01
+    assert free_memory(0) == 0  # the cap is spent already
+
+
 def test_levers_the_recipe_sets_are_kept() -> None:
     choice = choose(shape(SHAPE_18B), 130, model={"gradient_checkpointing": True, "compile": False}, train={"micro_batch": 2, "grad_accum": 4})
     assert choice.levers["gradient_checkpointing"] is True and choice.levers["compile"] is False

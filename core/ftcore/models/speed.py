@@ -171,6 +171,19 @@ def choose(shape: Shape | None, free: int, model_cfg: dict[str, Any], train_cfg:
     return Choice(levers, micro, rows_per_step // micro, reasons, can_fall_back)
 
 
+def free_memory(device: Any) -> int:
+    """Bytes this process can still allocate on the GPU ``device``: what the device has free, or less
+    where the process is capped (``torch.cuda.set_per_process_memory_fraction``), counting what it
+    holds already."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+    if fraction < 1.0:
+        free = min(free, int(fraction * total) - torch.cuda.memory_reserved(device))
+    return max(0, int(free))
+
+
 def resolve(recipe: Any, model: Any, row_lengths: Any, trains_base: bool, device: Any, strategy: Any, previous: Any = None) -> Choice:
     """Choose the levers ``recipe`` leaves null for ``model`` (loaded, on ``device``) and write them
     into the recipe. ``row_lengths``: tokens in each packed row of the training data; ``previous``:
@@ -185,9 +198,7 @@ def resolve(recipe: Any, model: Any, row_lengths: Any, trains_base: bool, device
     cuda = device.type == "cuda"
     free = 0
     if cuda:
-        import torch
-
-        free = int(strategy.all_reduce_sum(float(torch.cuda.mem_get_info(device)[0]) if strategy.is_main else 0.0))  # rank 0's figure: every rank chooses alike
+        free = int(strategy.all_reduce_sum(float(free_memory(device)) if strategy.is_main else 0.0))  # rank 0's figure: every rank chooses alike
     import numpy as np
 
     row_lengths = np.asarray(row_lengths)
