@@ -76,17 +76,18 @@ def total_steps(train_cfg: dict[str, Any], schedule: Schedule) -> int:
     return max(1, math.ceil(train_cfg["epochs"] * schedule.per_epoch / train_cfg["grad_accum"]))
 
 
+def send_to_device(tensor: Any, device: Any) -> Any:
+    """``tensor`` on ``device``. From CPU memory to a GPU it goes through pinned memory, so the copy
+    is queued behind the GPU's work instead of waiting for it (a copy from pageable memory waits)."""
+    pin = device.type == "cuda" and tensor.device.type == "cpu"
+    return (tensor.pin_memory() if pin else tensor).to(device, non_blocking=pin)
+
+
 def to_device(batch: dict[str, Any], device: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A collated batch's tensors on ``device``, except the ``keep`` keys. CPU tensors go through
-    pinned memory, so the copy is queued behind the GPU's work instead of waiting for it."""
+    """A collated batch's tensors on ``device`` (:func:`send_to_device`), except the ``keep`` keys."""
     import torch
 
-    pin = device.type == "cuda"
-    moved = dict(batch)
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor) and k not in keep:
-            moved[k] = (v.pin_memory() if pin and v.device.type == "cpu" else v).to(device, non_blocking=pin)
-    return moved
+    return {k: send_to_device(v, device) if isinstance(v, torch.Tensor) and k not in keep else v for k, v in batch.items()}
 
 
 class StopRequested:

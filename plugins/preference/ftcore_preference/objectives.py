@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal
 
-from ftcore.api import IGNORE, FtcoreError, Objective, Option, TrainingPlan, to_device
+from ftcore.api import IGNORE, FtcoreError, Objective, Option, TrainingPlan, send_to_device
 
 REFERENCE_FILE = "reference_logps.json"
 
@@ -26,8 +26,8 @@ def answer_logps(plan: TrainingPlan, model: Any, batch: dict[str, Any]) -> tuple
     owner = samples["index"][:, 1:].reshape(-1)[labels != IGNORE]  # the same order as the head's trained positions
     n = len(samples["side"])
     # counted in CPU memory and sent through pinned memory: no wait for the device mid-step
-    on_device = to_device({"owner": owner, "lengths": torch.bincount(owner, minlength=n)}, nll.device)
-    return segment_sum(-nll, on_device["owner"], n), on_device["lengths"], samples["pair"]
+    lengths = torch.bincount(owner, minlength=n)
+    return segment_sum(-nll, send_to_device(owner, nll.device), n), send_to_device(lengths, nll.device), samples["pair"]
 
 
 def split_pairs(values: Any, sides: list[int]) -> tuple[Any, Any]:
@@ -109,7 +109,7 @@ class DPO(PairObjective):
 
         from .losses import dpo_loss
 
-        ref = to_device({"ref": torch.tensor([self.reference[p] for p in pairs], dtype=torch.float32)}, chosen.device)["ref"]
+        ref = send_to_device(torch.tensor([self.reference[p] for p in pairs], dtype=torch.float32), chosen.device)
         return dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta=self.beta, label_smoothing=self.label_smoothing,
                         loss_type=self.loss_type, chosen_lengths=chosen_len, rejected_lengths=rejected_len)
 
@@ -192,7 +192,7 @@ def answer_scores(plan: TrainingPlan, model: Any, batch: dict[str, Any]) -> Any:
         model(**plan.inputs(batch), use_cache=False)
     finally:
         hook.remove()
-    return captured[-1].reshape(-1).index_select(0, to_device({"last": last}, captured[-1].device)["last"]).float()
+    return captured[-1].reshape(-1).index_select(0, send_to_device(last, captured[-1].device)).float()
 
 
 def score_module(model: Any) -> Any:
