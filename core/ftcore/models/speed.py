@@ -198,7 +198,8 @@ def resolve(recipe: Any, model: Any, row_lengths: Any, trains_base: bool, device
     cuda = device.type == "cuda"
     free = 0
     if cuda:
-        free = int(strategy.all_reduce_sum(float(free_memory(device)) if strategy.is_main else 0.0))  # rank 0's figure: every rank chooses alike
+        mine = max(0, free_memory(device) - strategy.memory_change(model)) if strategy.is_main else 0  # as it will be once the strategy placed the model
+        free = int(strategy.all_reduce_sum(float(mine)))  # rank 0's figure: every rank chooses alike
     import numpy as np
 
     row_lengths = np.asarray(row_lengths)

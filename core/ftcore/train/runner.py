@@ -141,7 +141,7 @@ class Run:
             )
             check_data_kind(self.objective, "side" in ctx.eval_data.extras)
             self.log(f"eval data: {report.summary()}")
-        model = load_base_model(model_cfg, builder, strategy.device, self.precision, head=self.objective.head,
+        model = load_base_model(model_cfg, builder, strategy.load_device, self.precision, head=self.objective.head,
                                 quant_storage=strategy.quant_storage_in_compute_dtype)
         if model.config.pad_token_id is None:  # a classification head finds each row's last token by it
             model.config.pad_token_id = tokenizer.pad_token_id

@@ -44,6 +44,17 @@ class Strategy:
     def setup(self) -> None:
         """Join the process group, if any (before the model is loaded)."""
 
+    @property
+    def load_device(self) -> Any:
+        """Where the base model loads before :meth:`prepare`: this process's device (a sharding
+        strategy may load it in CPU memory and move only this process's shard)."""
+        return self.device
+
+    def memory_change(self, model: Any) -> int:
+        """Bytes :meth:`prepare` will add to this process's device for ``model`` as loaded (negative:
+        it frees them, e.g. by sharding); ``speed: auto`` chooses before ``prepare`` runs."""
+        return 0
+
     def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
         raise NotImplementedError
 

@@ -63,9 +63,10 @@ class FSDP(DDPStrategy):
         precision: str,
         offload_params: Annotated[bool, Option("keep the parameter, gradient and optimizer-state shards in CPU memory (FSDP2's CPUOffloadPolicy; the optimizer steps on the CPU): for models the GPUs cannot hold, slower")] = False,
         reshard_after_forward: Annotated[bool, Option("free each layer's gathered parameters after its forward and gather them again for the backward (least memory); false keeps them until the backward (less communication)")] = True,
+        load_in_cpu_memory: Annotated[bool, Option("load (and quantize) the base in CPU memory; sharding then moves each layer's shard to the GPU, so no GPU ever holds the whole model: for a model larger than one GPU (e.g. 70B QLoRA on two 24 GiB cards); slower to start")] = False,
     ) -> None:
         super().__init__(recipe, precision)
-        self.offload_params, self.reshard_after_forward = offload_params, reshard_after_forward
+        self.offload_params, self.reshard_after_forward, self.load_in_cpu_memory = offload_params, reshard_after_forward, load_in_cpu_memory
         problems = refusals(recipe, precision, offload_params, self.device)
         if len(problems) == 1:
             key, what, hint = problems[0]
@@ -74,6 +75,22 @@ class FSDP(DDPStrategy):
             raise ValidationError(problems=[Problem(key, what, hint=hint) for key, what, hint in problems], source="strategy fsdp")
         if recipe["model"].get("offload_embeddings") is None:
             recipe["model"]["offload_embeddings"] = False  # speed: auto must not choose it either
+
+    @property
+    def load_device(self) -> Any:
+        import torch
+
+        return torch.device("cpu") if self.load_in_cpu_memory else self.device
+
+    def memory_change(self, model: Any) -> int:
+        """Each device ends up with a 1/world share of every parameter and buffer (none with
+        ``offload_params``: the shards stay in CPU memory), whatever it holds now."""
+        import itertools
+
+        tensors = list(itertools.chain(model.parameters(), model.buffers()))
+        here = sum(t.numel() * t.element_size() for t in tensors if t.device == self.device)
+        share = 0 if self.offload_params else sum(t.numel() * t.element_size() for t in tensors) // self.world_size
+        return share - here
 
     def mixed_precision(self, model: Any) -> Any:
         """bf16 gathers and fp32 gradient reduction when the model's weights are not all one dtype
@@ -99,8 +116,12 @@ class FSDP(DDPStrategy):
         if self.offload_params:
             options["offload_policy"] = CPUOffloadPolicy()
         for layer in decoder_layers(model):
-            fully_shard(layer, **options)
+            fully_shard(layer, **options)  # a layer loaded in CPU memory moves to the device here, one at a time
         fully_shard(model, **options)
+        for module in model.modules():  # a 4-bit layer's quantization constants stay whole, on every device
+            state = getattr(module, "quant_state", None)
+            if state is not None and callable(getattr(state, "to", None)):
+                state.to(self.device)
         # fully_shard replaces every parameter with its sharded DTensor: the optimizer (made before,
         # with no state yet) steps the shards instead.
         sharded = dict(model.named_parameters())
