@@ -10,6 +10,13 @@ partition a 4-bit base) and shows as such.
 
     python benchmarks/distributed_scaling.py                       # everything this machine's GPUs allow
     python benchmarks/distributed_scaling.py --shapes 7b --adapters qlora --gpus 1,8 --strategies zero2,fsdp
+    python benchmarks/distributed_scaling.py --largest 13b,34b,70b --cap-gib 24   # FSDP-QLoRA on 2 GPUs, each capped
+
+``--largest``: the largest shape FSDP-QLoRA trains on 2 GPUs with each process capped at ``--cap-gib``
+(``torch.cuda.set_per_process_memory_fraction`` in every rank, as on two consumer cards). Those checkpoints are
+written already NF4-quantized, one tensor at a time (``ftcore.models.random_checkpoint``: a 70B in bf16 would not
+fit the disk), and load in CPU memory (``strategy.load_in_cpu_memory``); shapes are tried in the order given and
+the first that fails ends the list.
 """
 
 from __future__ import annotations
@@ -26,6 +33,20 @@ SHAPES = {
     "1.8b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192, vocab_size=92544),
     "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, vocab_size=92544),
 }
+#: the --largest shapes (Llama 2 13B, Code Llama 34B, Llama 2 70B)
+LARGE = {
+    "13b": dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40, intermediate_size=13824, vocab_size=32000),
+    "34b": dict(hidden_size=8192, num_hidden_layers=48, num_attention_heads=64, num_key_value_heads=8, intermediate_size=22016, vocab_size=32000),
+    "70b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, intermediate_size=28672, vocab_size=32000),
+}
+#: imported first by every process (PYTHONPATH): caps each rank's GPU memory at FTCORE_BENCH_CAP_GIB
+CAP_HOOK = """import os
+if os.environ.get("FTCORE_BENCH_CAP_GIB") and "LOCAL_RANK" in os.environ:
+    import torch
+    _rank = int(os.environ["LOCAL_RANK"])
+    _cap = float(os.environ["FTCORE_BENCH_CAP_GIB"]) * 2**30 / torch.cuda.get_device_properties(_rank).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, _cap), _rank)
+"""
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3_sharded", "fsdp")
 #: a strategy name here -> the recipe's strategy section (zero3 keeps a base that fits whole; zero3_sharded shards it as ZeRO-3 did before)
 SECTIONS = {"zero3_sharded": {"name": "zero3", "keep_base": "never"}}
@@ -54,7 +75,30 @@ def checkpoint(root: Path, shape: str) -> Path:
     return path
 
 
-def run(model: Path, data: Path, work: Path, adapter: str, strategy: str, gpus: int, steps: int) -> dict:
+def quantized_checkpoint(root: Path, shape: str) -> Path:
+    """A random --largest checkpoint, NF4-quantized as it is written (on the GPU), with ftcore's small tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from ftcore.models.random_checkpoint import write_random_checkpoint
+    from ftcore.models.tiny import make_tokenizer
+
+    path = root / f"random-{shape}-nf4"
+    if (path / "config.json").is_file():
+        return path
+    make_tokenizer(path)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    config = LlamaConfig(**{**LARGE[shape], "vocab_size": max(LARGE[shape]["vocab_size"], len(tok))}, max_position_embeddings=4096,
+                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    started = time.monotonic()
+    write_random_checkpoint(config, path, device="cuda")
+    print(f"wrote {path} in {time.monotonic() - started:.0f}s", flush=True)
+    return path
+
+
+def run(model: Path, data: Path, work: Path, adapter: str, strategy: str, gpus: int, steps: int, largest: dict | None = None) -> dict:
+    """One case through the CLI; ``largest``: the --largest settings (cap_gib, strategy options, model levers)."""
+    import os
+
     import yaml
 
     case = {"adapter": adapter, "strategy": strategy, "gpus": gpus}
@@ -67,13 +111,23 @@ def run(model: Path, data: Path, work: Path, adapter: str, strategy: str, gpus: 
         "hooks": ["metrics_log"],
         "work_dir": str(work),
     }
+    env = dict(os.environ)
+    if largest is not None:
+        recipe["strategy"].update(largest["strategy"])
+        recipe["model"].update(largest["model"])
+        recipe["train"].update(micro_batch=1, grad_accum=2)
+        recipe["data"]["max_length"] = largest["max_length"]
+        hook = work.parent / "cap-hook"
+        hook.mkdir(parents=True, exist_ok=True)
+        (hook / "sitecustomize.py").write_text(CAP_HOOK)
+        env.update(FTCORE_BENCH_CAP_GIB=str(largest["cap_gib"]), PYTHONPATH=os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")])))
     work.parent.mkdir(parents=True, exist_ok=True)
     path = work.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(recipe))
     cmd = [sys.executable, "-m", "ftcore.cli", "run", "--recipe", str(path)] + (["--nproc-per-node", str(gpus)] if gpus > 1 else [])
     print("+ ftcore " + " ".join(cmd[3:]), flush=True)
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = round(time.monotonic() - started, 1)
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-4000:], flush=True)
@@ -111,6 +165,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--root", default="/tmp/ftcore-scaling")
     p.add_argument("--out", help="write every result as JSON Lines here too")
+    p.add_argument("--largest", help="instead: these LARGE shapes, in order, FSDP-QLoRA on 2 GPUs under --cap-gib each")
+    p.add_argument("--cap-gib", type=float, default=24.0)
+    p.add_argument("--largest-length", type=int, default=1024, help="--largest: tokens per row")
+    p.add_argument("--offload-params", action="store_true", help="--largest: strategy.offload_params (shards in CPU memory)")
     args = p.parse_args()
     counts = [n for n in map(int, args.gpus.split(",")) if n <= available]
     if not counts:
@@ -124,6 +182,20 @@ def main() -> None:
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self_cognition_records("ftcore", 40000, "both", 0)))
     print(f"{available} GPU(s) ({torch.cuda.get_device_name(0)}); counts {counts}", flush=True)
     results = []
+    if args.largest:
+        if available < 2:
+            sys.exit("--largest trains on 2 GPUs")
+        settings = {"cap_gib": args.cap_gib, "max_length": args.largest_length,
+                    "strategy": {"load_in_cpu_memory": True, "offload_params": args.offload_params},
+                    "model": {"offload_activations": True}}
+        for shape in args.largest.split(","):
+            result = {"shape": shape, "cap_gib": args.cap_gib, **run(quantized_checkpoint(root, shape), data, root / f"work-largest-{shape}", "qlora", "fsdp", 2, args.steps, settings)}
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            if "tokens_per_s" not in result:
+                break
+        print(json.dumps(results))
+        return
     for shape in args.shapes.split(","):
         model = checkpoint(root, shape)
         for adapter in args.adapters.split(","):
