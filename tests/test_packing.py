@@ -215,3 +215,37 @@ def test_frozen_loss_head_gradients_computed_in_forward_equal_plain_cross_entrop
     assert plain_grads.keys() == chunked_grads.keys() and plain_grads
     for k, g in plain_grads.items():
         assert float((chunked_grads[k] - g).norm() / g.norm().clamp_min(1e-12)) < 1e-5, k
+
+
+def test_samples_of_one_length_take_plain_causal_attention_and_equal_their_runs_one_by_one(tiny_llama, monkeypatch) -> None:
+    """Rows cut from a text stream (every sample as long as the longest): the flat batch goes through one
+    batched causal attention (cuDNN's on a GPU) instead of the variable-length kernel, with the same result."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftcore.models import varlen
+    from ftcore.train.objective import loss_sum
+
+    varlen.register()
+    dense = []
+    original = varlen._dense
+    monkeypatch.setattr(varlen, "_dense", lambda *a: dense.append(a[3:5]) or original(*a))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), attn_implementation="ftcore_varlen", dtype=torch.float32)
+    rng = torch.Generator().manual_seed(3)
+    ids = [torch.randint(3, 200, (32,), generator=rng).tolist() for _ in range(4)]
+    labels = [[IGNORE] + x[1:] for x in ids]
+    packed = pack(Encoded.from_lists(ids, labels), 64, shuffle=False)
+    batch = collate_rows([packed.row(r) for r in range(len(packed))], pad_id=0, flat=True)
+    loss, _ = loss_sum(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert dense and all(call == (4, 32) for call in dense)  # every layer: 4 samples of 32 tokens, batched
+    reference = AutoModelForCausalLM.from_pretrained(str(tiny_llama), attn_implementation="sdpa", dtype=torch.float32)  # transformers' own attention
+    total = 0.0
+    for x, y in zip(ids, labels):
+        one, _ = loss_sum(reference, {"input_ids": torch.tensor([x]), "labels": torch.tensor([y]), "position_ids": torch.arange(32)[None]})
+        one.backward()
+        total += float(one.detach())
+    assert abs(float(loss) - total) / total < 1e-5
+    for name, p in reference.named_parameters():
+        assert (grads[name] - p.grad).norm() / p.grad.norm().clamp_min(1e-12) < 1e-5, name
