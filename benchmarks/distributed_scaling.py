@@ -53,44 +53,24 @@ SECTIONS = {"zero3_sharded": {"name": "zero3", "keep_base": "never"}}
 REFUSED = {("qlora", "zero3"): "refused: ZeRO-3 cannot partition a 4-bit base", ("qlora", "zero3_sharded"): "refused: ZeRO-3 cannot partition a 4-bit base"}
 
 
-def checkpoint(root: Path, shape: str) -> Path:
-    """A random-weight checkpoint of ``shape`` (made once, on the GPU, saved in bf16)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from ftcore.models.tiny import make_tokenizer
-
-    path = root / f"random-{shape}"
-    if (path / "config.json").is_file():
-        return path
-    make_tokenizer(path)
-    tok = AutoTokenizer.from_pretrained(str(path))
-    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(str(path))
-    del model
-    torch.cuda.empty_cache()
-    return path
-
-
-def quantized_checkpoint(root: Path, shape: str) -> Path:
-    """A random --largest checkpoint, NF4-quantized as it is written (on the GPU), with ftcore's small tokenizer."""
+def checkpoint(root: Path, shape: str, quantized: bool = False) -> Path:
+    """A random-weight checkpoint of ``shape`` (SHAPES or LARGE; made once, on the GPU, one tensor at a time), bf16
+    or with its layers NF4-quantized as they are written, with ftcore's small tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig
 
     from ftcore.models.random_checkpoint import write_random_checkpoint
     from ftcore.models.tiny import make_tokenizer
 
-    path = root / f"random-{shape}-nf4"
+    path = root / f"random-{shape}{'-nf4' if quantized else ''}"
     if (path / "config.json").is_file():
         return path
     make_tokenizer(path)
     tok = AutoTokenizer.from_pretrained(str(path))
-    config = LlamaConfig(**{**LARGE[shape], "vocab_size": max(LARGE[shape]["vocab_size"], len(tok))}, max_position_embeddings=4096,
+    dims = {**SHAPES, **LARGE}[shape]
+    config = LlamaConfig(**{**dims, "vocab_size": max(dims["vocab_size"], len(tok))}, max_position_embeddings=32768, rope_theta=1e6,
                          tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     started = time.monotonic()
-    write_random_checkpoint(config, path, device="cuda")
+    write_random_checkpoint(config, path, device="cuda", quantize=quantized)
     print(f"wrote {path} in {time.monotonic() - started:.0f}s", flush=True)
     return path
 
@@ -189,7 +169,7 @@ def main() -> None:
                     "strategy": {"load_in_cpu_memory": True, "offload_params": args.offload_params},
                     "model": {"offload_activations": True}}
         for shape in args.largest.split(","):
-            result = {"shape": shape, "cap_gib": args.cap_gib, **run(quantized_checkpoint(root, shape), data, root / f"work-largest-{shape}", "qlora", "fsdp", 2, args.steps, settings)}
+            result = {"shape": shape, "cap_gib": args.cap_gib, **run(checkpoint(root, shape, quantized=True), data, root / f"work-largest-{shape}", "qlora", "fsdp", 2, args.steps, settings)}
             results.append(result)
             print(json.dumps(result), flush=True)
             if "tokens_per_s" not in result:

@@ -56,3 +56,15 @@ def test_fsdp_qlora_loaded_in_cpu_memory_trains_on_it_as_one_process_does(tmp_pa
         run_cli("run", "--recipe", str(recipe), *(["--nproc-per-node", "2"] if processes > 1 else []), check=True)
         runs[name] = tmp_path / name / "wd"
     assert_same_run(runs["two"], runs["one"], "adapter_model.safetensors")
+
+
+def test_unquantized_it_is_a_plain_checkpoint(tmp_path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from ftcore.models.random_checkpoint import write_random_checkpoint
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, vocab_size=128)
+    model = AutoModelForCausalLM.from_pretrained(str(write_random_checkpoint(config, tmp_path, quantize=False)))
+    assert model.dtype == torch.bfloat16 and getattr(model.config, "quantization_config", None) is None
+    assert 0.015 < float(model.model.layers[0].mlp.up_proj.weight.float().std()) < 0.025  # initializer_range 0.02

@@ -17,10 +17,11 @@ def _quantized(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and ".layers." in name and name.endswith("_proj.weight")
 
 
-def write_random_checkpoint(config: Any, out_dir: str | Path, device: Any = "cpu", seed: int = 0, shard_bytes: int = 4 << 30, dtype: str = "bfloat16") -> Path:
+def write_random_checkpoint(config: Any, out_dir: str | Path, device: Any = "cpu", seed: int = 0, shard_bytes: int = 4 << 30, dtype: str = "bfloat16",
+                            quantize: bool = True) -> Path:
     """Write a random-weight ``transformers`` checkpoint of ``config`` (a causal-LM config, e.g. a
-    ``LlamaConfig``) to ``out_dir``, its decoder layers' linear weights in bitsandbytes' 4-bit format (as
-    ``save_pretrained`` writes a model loaded in 4 bits: ``from_pretrained`` loads it without quantizing).
+    ``LlamaConfig``) to ``out_dir``; with ``quantize``, its decoder layers' linear weights in bitsandbytes'
+    4-bit format (as ``save_pretrained`` writes a model loaded in 4 bits: ``from_pretrained`` loads it without quantizing).
     Each tensor is drawn (normal, ``config.initializer_range``; norms 1) and quantized on ``device``, then
     written to the current safetensors shard: memory holds one shard at a time. ``dtype``: of the weights
     kept whole and of the 4-bit storage (the dtype the model trains in). Returns ``out_dir``."""
@@ -54,7 +55,7 @@ def write_random_checkpoint(config: Any, out_dir: str | Path, device: Any = "cpu
             tensors = {name: torch.ones(shape, dtype=kind)}
         else:
             weight = torch.empty(shape, dtype=kind, device=device).normal_(0.0, std, generator=generator)
-            if _quantized(name, shape):
+            if quantize and _quantized(name, shape):
                 packed, state = quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4", quant_storage=kind)
                 tensors = {name: packed, **{f"{name}.{key}": value for key, value in state.as_dict(packed=True).items()}}
             else:
@@ -72,7 +73,8 @@ def write_random_checkpoint(config: Any, out_dir: str | Path, device: Any = "cpu
     else:
         (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
     saved = config.to_dict()
-    saved["quantization_config"] = {**QUANTIZATION, "bnb_4bit_compute_dtype": dtype, "bnb_4bit_quant_storage": dtype, "quant_method": "bitsandbytes"}
+    if quantize:
+        saved["quantization_config"] = {**QUANTIZATION, "bnb_4bit_compute_dtype": dtype, "bnb_4bit_quant_storage": dtype, "quant_method": "bitsandbytes"}
     saved["torch_dtype"] = saved["dtype"] = dtype
     (out / "config.json").write_text(json.dumps(saved, indent=1))
     return out
