@@ -70,10 +70,10 @@ CASES = ("ftcore_gc", "ftcore_nogc", "ftcore_sft_gc", "trl_pre", "trl_live")
 
 
 def make_checkpoint(args: argparse.Namespace) -> Path:
-    """A random-weight Llama-layout checkpoint of the shape (bf16 on the GPU, fp32 tiny) with a ChatML tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A random-weight Llama-layout checkpoint of the shape (bf16 on the GPU, fp32 tiny; one tensor at a time) with a ChatML tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig
 
+    from ftcore.models.random_checkpoint import write_random_checkpoint
     from ftcore.models.tiny import make_tokenizer
 
     name = "tiny" if args.tiny else args.model
@@ -88,16 +88,7 @@ def make_checkpoint(args: argparse.Namespace) -> Path:
     shape = dict(TINY, vocab_size=len(tok)) if args.tiny else SHAPES[args.model]
     config = LlamaConfig(**shape, max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=False,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    device = "cpu" if args.device == "cpu" else "cuda"
-    with torch.device(device):
-        torch.manual_seed(0)
-        m = LlamaForCausalLM(config)
-        if not args.tiny:
-            m = m.to(torch.bfloat16)
-    m.save_pretrained(str(tmp), safe_serialization=True)
-    del m
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    write_random_checkpoint(config, tmp, device="cpu" if args.device == "cpu" else "cuda", dtype="float32" if args.tiny else "bfloat16", quantize=False)
     os.replace(tmp, path)
     return path
 

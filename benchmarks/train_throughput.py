@@ -82,11 +82,11 @@ def synthetic_samples(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 def make_checkpoint(model: str, root: Path) -> Path:
-    """A random-weight Llama-layout checkpoint of the given shape (written once, bf16), with a small
-    byte-level BPE tokenizer beside it (Unsloth loads one with the model)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A random-weight Llama-layout checkpoint of the given shape (written once, bf16, one tensor at a time on the
+    GPU), with a small byte-level BPE tokenizer beside it (Unsloth loads one with the model)."""
+    from transformers import LlamaConfig
 
+    from ftcore.models.random_checkpoint import write_random_checkpoint
     from ftcore.models.tiny import make_tokenizer
 
     path = root / f"random-{model}"
@@ -95,13 +95,7 @@ def make_checkpoint(model: str, root: Path) -> Path:
     make_tokenizer(path)  # <unk> 0, <s> 1, </s> 2: the ids the config names
     config = LlamaConfig(**SHAPES[model], max_position_embeddings=262144, rope_theta=1_000_000.0, tie_word_embeddings=False,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    with torch.device("cuda"):
-        torch.manual_seed(0)
-        m = LlamaForCausalLM(config).to(torch.bfloat16)
-    m.save_pretrained(str(path), safe_serialization=True)
-    del m
-    torch.cuda.empty_cache()
-    return path
+    return write_random_checkpoint(config, path, device="cuda", quantize=False)
 
 
 def matmul_peak_tflops() -> float:
