@@ -250,15 +250,8 @@ def run_case(args: argparse.Namespace) -> dict:
         print(kernel_summary(prof, wall), flush=True)
         for key in ("self_device_time_total", "self_cpu_time_total"):
             print("  " + prof.key_averages().table(sort_by=key, row_limit=30).replace("\n", "\n  "), flush=True)
-        if args.trace_dir:  # the chrome trace, gzipped, for finding GPU idle gaps
-            import gzip
-            import shutil
-
-            raw = Path(args.trace_dir) / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.case) + ".json")  # plain file names
-            prof.export_chrome_trace(str(raw))
-            with open(raw, "rb") as src, gzip.open(f"{raw}.gz", "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            raw.unlink()
+        if args.trace_dir:  # the chrome trace, gzipped (torch does it for a .gz name), for finding GPU idle gaps
+            prof.export_chrome_trace(str(Path(args.trace_dir) / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.case) + ".json.gz")))
     tps = tokens / elapsed
     flops = (6 if method == "full" else 4) * n_matmul
     return {"case": args.case, "model": args.model, "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
