@@ -17,7 +17,9 @@ class Strategy:
     and per optimizer step ``step()``; checkpoints use ``save_state(dir)``/``load_state(dir)``
     for engine state and ``unwrap(model)`` for the model to save. ``rank``/``world_size``/
     ``is_main`` describe this process. ``prepare``, ``backward``, ``step`` and the state
-    methods are required; the rest default to one process.
+    methods are required; the rest default to one process. A strategy that places the model
+    itself (sharding it) says where the base loads first (``load_device``) and what ``prepare``
+    will change on each device (``memory_change``, for ``speed: auto``).
     """
 
     name = ""
