@@ -441,7 +441,7 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
 
         from ftcore.models import loss_head
 
-        loss_head._frozen_chunk_sum = lambda *a: checkpoint(loss_head._chunk_loss, *a, use_reentrant=False)
+        loss_head._frozen_chunk_sum = lambda h, y, w, b, _: checkpoint(loss_head._chunk_loss, h, y, w, b, use_reentrant=False)
     keep = tuple(k for k in plan.cpu_inputs if k != "labels" or "gpulabels" not in args.mods)
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe["train"])
     micro, accum = [0], next((int(m[2:]) for m in args.mods if m.startswith("ga")), 1)

@@ -183,7 +183,8 @@ def test_best_fit_fills_rows_almost_completely() -> None:
 
 def test_frozen_loss_head_gradients_computed_in_forward_equal_plain_cross_entropy(tiny_llama) -> None:
     """A frozen head (adapter training) takes each chunk's input gradient in forward, without the
-    recomputation in backward: loss and every gradient equal those of the full-logits loss."""
+    recomputation in backward, eager or with its softmax compiled (model.compile): loss and every
+    gradient equal those of the full-logits loss."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -194,11 +195,14 @@ def test_frozen_loss_head_gradients_computed_in_forward_equal_plain_cross_entrop
     packed = pack(Encoded.from_lists(ids, labels), 64, shuffle=False)
     batch = collate_rows([packed.row(r) for r in range(len(packed))], pad_id=0)
     results = []
-    for chunked in (False, True):
+    for mode in ("plain", "chunked", "compiled"):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
-        if chunked:
+        if mode != "plain":
             assert loss_head.install_loss_head(model, chunk=16)
+        if mode == "compiled":
+            model.get_output_embeddings().compile_softmax()
+            assert model.get_output_embeddings()._softmax_grad is not loss_head.softmax_grad
         model.get_output_embeddings().weight.requires_grad_(False)
         recomputed = []
         original = loss_head._chunk_loss
@@ -210,11 +214,12 @@ def test_frozen_loss_head_gradients_computed_in_forward_equal_plain_cross_entrop
             loss_head._chunk_loss = original
         assert not recomputed  # neither the forward nor the backward went through the recomputed chunks
         results.append((float(loss), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}))
-    (plain, plain_grads), (chunked_loss, chunked_grads) = results
-    assert abs(chunked_loss - plain) / plain < 1e-6
-    assert plain_grads.keys() == chunked_grads.keys() and plain_grads
-    for k, g in plain_grads.items():
-        assert float((chunked_grads[k] - g).norm() / g.norm().clamp_min(1e-12)) < 1e-5, k
+    (plain, plain_grads), *others = results
+    for chunked_loss, chunked_grads in others:
+        assert abs(chunked_loss - plain) / plain < 1e-6
+        assert plain_grads.keys() == chunked_grads.keys() and plain_grads
+        for k, g in plain_grads.items():
+            assert float((chunked_grads[k] - g).norm() / g.norm().clamp_min(1e-12)) < 1e-5, k
 
 
 def test_samples_of_one_length_take_plain_causal_attention_and_equal_their_runs_one_by_one(tiny_llama, monkeypatch) -> None:

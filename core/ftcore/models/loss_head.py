@@ -23,32 +23,40 @@ def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tenso
     return F.cross_entropy(logits, targets, reduction=reduction)
 
 
+def softmax_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy (fp32) of ``logits`` and its gradient with respect to them (softmax
+    minus one-hot, in the logits' dtype), computed in fp32. Eager, the fp32 logits are made once and
+    turned into the gradient in place; compiled (:meth:`LossHead.compile_softmax`), it is two fused passes over
+    the logits and no fp32 copy exists."""
+    dtype = logits.dtype
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
+    grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+    grad[torch.arange(targets.numel(), device=grad.device), targets] -= 1
+    return loss, grad.to(dtype)
+
+
 class _FrozenHeadChunkLoss(torch.autograd.Function):
     """One chunk's per-token cross-entropy through a frozen head, with the gradient of ``hidden``
-    computed in forward while the logits exist (softmax minus one-hot, times the weight): the
-    backward only scales its rows, so the logits are never recomputed and nothing tokens x vocab
-    is kept."""
+    computed in forward while the logits exist (``loss_and_grad``: :func:`softmax_grad`, eager or
+    compiled; times the weight): the backward only scales its rows, so the logits are never
+    recomputed and nothing tokens x vocab is kept."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        logits = F.linear(hidden, weight, bias)
-        dtype = logits.dtype
-        logits = logits.float()
-        lse = torch.logsumexp(logits, dim=-1)
-        loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
-        grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-        grad[torch.arange(targets.numel(), device=grad.device), targets] -= 1
-        ctx.save_for_backward(torch.matmul(grad.to(dtype), weight.to(dtype)).to(hidden.dtype))
+    def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, loss_and_grad: Any) -> torch.Tensor:
+        loss, grad = loss_and_grad(F.linear(hidden, weight, bias), targets)
+        ctx.save_for_backward(torch.matmul(grad, weight.to(grad.dtype)).to(hidden.dtype))
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[Any, ...]:
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype)[:, None], None, None, None
+        return grad_hidden * grad_loss.to(grad_hidden.dtype)[:, None], None, None, None, None
 
 
-def _frozen_chunk_sum(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _FrozenHeadChunkLoss.apply(hidden, targets, weight, bias).sum()
+def _frozen_chunk_sum(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, loss_and_grad: Any) -> torch.Tensor:
+    return _FrozenHeadChunkLoss.apply(hidden, targets, weight, bias, loss_and_grad).sum()
 
 
 @dataclass
@@ -81,6 +89,12 @@ class LossHead(nn.Module):
         self._targets: torch.Tensor | None = None
         self._reduction = "sum"
         self._result: HeadResult | None = None
+        self._softmax_grad: Any = softmax_grad  # a frozen head's per-chunk loss and logit gradient
+
+    def compile_softmax(self) -> None:
+        """With ``model.compile``: a frozen head's softmax-minus-one-hot becomes two fused passes over
+        each chunk's logits (torch.compile); the matrix products stay as they are."""
+        self._softmax_grad = torch.compile(softmax_grad, dynamic=True)
 
     @contextlib.contextmanager
     def computing(self, labels: torch.Tensor, reduction: str = "sum") -> Iterator[HeadResult]:
@@ -109,7 +123,8 @@ class LossHead(nn.Module):
         per_token = self._reduction == "none"
         grad = torch.is_grad_enabled()
         if grad and hidden.requires_grad and not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad):
-            chunk_loss: Any = _FrozenHeadChunkLoss.apply if per_token else _frozen_chunk_sum
+            frozen: Any = _FrozenHeadChunkLoss.apply if per_token else _frozen_chunk_sum
+            chunk_loss: Any = lambda *args: frozen(*args, self._softmax_grad)  # noqa: E731
         elif grad and not hasattr(self.weight, "ds_id"):  # recompute in backward (ZeRO-3 params live only in forward)
             chunk_loss = lambda *args: checkpoint(_chunk_loss, *args, self._reduction, use_reentrant=False)  # noqa: E731
         else:

@@ -171,8 +171,12 @@ def _offload_embeddings(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict
 
 def _compile(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
     from .loading import compile_layers
+    from .loss_head import find_loss_head
 
     compile_layers(model)
+    head = find_loss_head(model)
+    if head is not None:
+        head.compile_softmax()
     return model
 
 
