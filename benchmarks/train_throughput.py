@@ -18,7 +18,8 @@ LoRA product added into the base output in place instead of peft's clone + scale
 optimizer step every N micro batches, as ``train.grad_accum=N``; otherwise every micro batch). Levers that are always
 on in ftcore can be turned off to measure them: ``noskip`` (offloaded replays compute down_proj's frozen GEMM
 again), ``headrecompute`` (the frozen loss head recomputes each chunk's logits in backward, as a trained head does),
-``gpulabels`` (labels go to the GPU, and the loss head finds the trained positions there). With ``compile``:
+``gpulabels`` (labels go to the GPU, and the loss head finds the trained positions there), ``eagersoftmax`` (the
+frozen loss head's softmax-minus-one-hot eager under ``compile``). With ``compile``:
 ``static`` (layers compiled for the batch shape instead of dynamic shapes), ``graphs`` (static, and inductor's
 CUDA graphs: mode="reduce-overhead", for the host launch overhead), ``budgetNN`` (the compiler's activation memory
 budget at NN%: it recomputes cheap elementwise results in backward instead of saving them; at 90% a compiled
@@ -436,6 +437,10 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         for m in model.modules():
             if hasattr(m, "_ftcore_forward"):
                 m.forward = m._ftcore_forward
+    if "eagersoftmax" in args.mods:  # the frozen head's softmax-minus-one-hot eager even with compile (as before session 7)
+        from ftcore.models import loss_head
+
+        loss_head.find_loss_head(model)._softmax_grad = loss_head.softmax_grad
     if "headrecompute" in args.mods:
         from torch.utils.checkpoint import checkpoint
 
