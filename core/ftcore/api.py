@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "AdapterKind": ".models.adapters", "LoRA": ".models.adapters", "adam_kwargs": ".train.optim",
     "Strategy": ".train.strategy", "SingleStrategy": ".train.strategy", "DDPStrategy": ".train.strategy",
     "TrainingHook": ".train.hooks", "RunContext": ".train.context",
-    "Objective": ".train.objective", "SFT": ".train.objective", "send_to_device": ".train.loop",
+    "Objective": ".train.objective", "SFT": ".train.objective", "send_to_device": ".models.transfer",
     "DatasetFormat": ".data.formats", "RecordError": ".data.formats", "require": ".data.formats", "Message": ".data.formats",
     "sample_turns": ".data.formats", "sample_messages": ".data.formats", "sample_extras": ".data.formats",
     "load_records": ".data.load", "write_records": ".data.files",

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..data import IGNORE
+from .transfer import send_to_device
 
 #: fp32 logits of one chunk stay under this many bytes (with their bf16 copy and gradient, about
 #: 2.5x that is live at once): 640 tokens for a 92k vocabulary
@@ -115,8 +116,7 @@ class LossHead(nn.Module):
         keep = (y != IGNORE).nonzero().squeeze(1)  # targets in CPU memory (see TrainingPlan.cpu_inputs): no device sync
         y = y.index_select(0, keep)
         if keep.device != hidden.device:
-            pin = hidden.device.type == "cuda"
-            keep, y = ((t.pin_memory() if pin else t).to(hidden.device, non_blocking=pin) for t in (keep, y))
+            keep, y = send_to_device(keep, hidden.device), send_to_device(y, hidden.device)
         self._result.positions = keep
         # a sequence-parallel slice's labels run one past its tokens: every position has a target
         h = (hidden if self._targets.shape[1] > hidden.shape[1] else hidden[:, :-1]).reshape(-1, hidden.shape[-1]).index_select(0, keep)

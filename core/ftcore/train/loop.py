@@ -76,16 +76,11 @@ def total_steps(train_cfg: dict[str, Any], schedule: Schedule) -> int:
     return max(1, math.ceil(train_cfg["epochs"] * schedule.per_epoch / train_cfg["grad_accum"]))
 
 
-def send_to_device(tensor: Any, device: Any) -> Any:
-    """``tensor`` on ``device``. From CPU memory to a GPU it goes through pinned memory, so the copy
-    is queued behind the GPU's work instead of waiting for it (a copy from pageable memory waits)."""
-    pin = device.type == "cuda" and tensor.device.type == "cpu"
-    return (tensor.pin_memory() if pin else tensor).to(device, non_blocking=pin)
-
-
 def to_device(batch: dict[str, Any], device: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
     """A collated batch's tensors on ``device`` (:func:`send_to_device`), except the ``keep`` keys."""
     import torch
+
+    from ..models.transfer import send_to_device
 
     return {k: send_to_device(v, device) if isinstance(v, torch.Tensor) and k not in keep else v for k, v in batch.items()}
 
