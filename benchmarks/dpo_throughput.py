@@ -77,7 +77,8 @@ def make_checkpoint(args: argparse.Namespace) -> Path:
     from ftcore.models.tiny import make_tokenizer
 
     name = "tiny" if args.tiny else args.model
-    path = Path(args.root) / f"dpo-random-{name}"
+    match_vocab = getattr(args, "match_vocab", False)  # serve_load: every sampled id decodes to text
+    path = Path(args.root) / f"dpo-random-{name}{'-vocab' if match_vocab else ''}"
     if (path / "config.json").is_file():
         return path
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
@@ -85,7 +86,7 @@ def make_checkpoint(args: argparse.Namespace) -> Path:
     tok = AutoTokenizer.from_pretrained(str(tmp))
     tok.chat_template = CHATML
     tok.save_pretrained(str(tmp))
-    shape = dict(TINY, vocab_size=len(tok)) if args.tiny else SHAPES[args.model]
+    shape = dict(TINY, vocab_size=len(tok)) if args.tiny else dict(SHAPES[args.model], **({"vocab_size": len(tok)} if match_vocab else {}))
     config = LlamaConfig(**shape, max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=False,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     write_random_checkpoint(config, tmp, device="cpu" if args.device == "cpu" else "cuda", dtype="float32" if args.tiny else "bfloat16", quantize=False)

@@ -11,6 +11,7 @@ the server stopped.
 
     ftcore run --recipe quickstart      # makes work_dirs/quickstart/ (the tiny InternLM2 and its adapter)
     python benchmarks/serve_load.py work_dirs/quickstart/tiny-internlm2-chat --adapter work_dirs/quickstart/checkpoint-40
+    python benchmarks/serve_load.py --random 1.8b --clients 1,4,16,32,64 --requests 8   # GPU: a random 1.8B-shaped model
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --clients 1,4,16,64   # a server already running
 """
 
@@ -138,6 +139,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", help="model folder to serve (or give --url)")
     parser.add_argument("--adapter", help="adapter checkpoint to serve with MODEL (the single-checkpoint form)")
+    parser.add_argument("--random", metavar="SHAPE", help="serve a random-weight model of this train_throughput.py shape "
+                        "(written under --root once; its vocabulary is its tokenizer's, so every sampled id decodes)")
+    parser.add_argument("--root", default="/tmp/ftcore-bench", help="where --random writes its checkpoint")
     parser.add_argument("--url", help="a running ftcore serve instead of starting one (no HF baseline then)")
     parser.add_argument("--clients", default="1,4,16,64", help="concurrency levels, comma separated")
     parser.add_argument("--requests", type=int, default=4, help="requests per client at each level")
@@ -148,8 +152,13 @@ def main() -> None:
     parser.add_argument("--serve-args", default="--max-batch 64 --max-queue 256", help="extra ftcore serve options")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
+    if args.random:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from dpo_throughput import make_checkpoint
+
+        args.model = str(make_checkpoint(argparse.Namespace(model=args.random, tiny=False, root=args.root, device="cuda", match_vocab=True)))
     if not args.url and not args.model:
-        parser.error("give MODEL (to start ftcore serve) or --url")
+        parser.error("give MODEL (to start ftcore serve), --random SHAPE or --url")
     sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
     results: dict = {"sampling": sampling, "levels": []}
     proc = None
@@ -172,8 +181,9 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=60)
     levels = {level["clients"]: level for level in results["levels"]}
-    if 1 in levels and 16 in levels:
-        print(f"16 clients / 1 client, output tokens/s: {levels[16]['out_tok_per_s'] / levels[1]['out_tok_per_s']:.1f}x")
+    for many in (16, 32, 64):
+        if 1 in levels and many in levels:
+            print(f"{many} clients / 1 client, output tokens/s: {levels[many]['out_tok_per_s'] / levels[1]['out_tok_per_s']:.1f}x")
     if args.model and args.baseline_requests:
         base = hf_baseline(args.model, args.adapter, args.baseline_requests, sampling)
         results["hf_generate"] = base
