@@ -10,7 +10,7 @@ subprocess (fresh GPU memory) and prints a table.
     python benchmarks/dpo_throughput.py --tiny --device cpu            # local check: tiny Llama, 2 steps
 
 Cases (``+`` modifiers: ``mbN`` ftcore rows per micro batch / TRL pairs per micro batch, ``offload``
-(model.offload_activations + model.offload_embeddings), ``compile``, ``fused`` (model.fused_lora),
+(model.offload_activations + model.offload_embeddings), ``compile``, ``fused`` (model.fused_lora), ``fp8`` (model.fp8_base: the NF4 base's products in FP8),
 ``profile`` (ftcore: a torch.profiler table of optimizer steps 6-7, printed in the log)):
 
 - ``ftcore_sft_gc``: not DPO; the same answers (prompt + chosen, prompt + rejected) as SFT samples in rows of
@@ -149,7 +149,7 @@ def ftcore_case(args: argparse.Namespace, case: str, ckpt: Path, data: Path, sta
         "work_dir": str(work),
         "model": {"builder": "hf", "path": str(ckpt), "gradient_checkpointing": gc, "quantization": "none" if cpu else "nf4",
                   "offload_activations": "offload" in mods, "offload_embeddings": "offload" in mods,
-                  "compile": "compile" in mods, "fused_lora": "fused" in mods},
+                  "compile": "compile" in mods, "fused_lora": "fused" in mods, "fp8_base": "fp8" in mods},
         "adapter": {"kind": "lora" if cpu else "qlora", **{k: v for k, v in LORA.items()}, "targets": "all-linear"},
         "data": {"path": str(data.with_name("answers_sft.jsonl")) if sft else str(data), "format": "openai" if sft else "preference",
                  "template": "hf", "max_length": args.max_length * (2 if sft else 1), "cache_dir": str(work / "data-cache")},

@@ -19,7 +19,8 @@ optimizer step every N micro batches, as ``train.grad_accum=N``; otherwise every
 on in ftcore can be turned off to measure them: ``noskip`` (offloaded replays compute down_proj's frozen GEMM
 again), ``headrecompute`` (the frozen loss head recomputes each chunk's logits in backward, as a trained head does),
 ``gpulabels`` (labels go to the GPU, and the loss head finds the trained positions there), ``eagersoftmax`` (the
-frozen loss head's softmax-minus-one-hot eager under ``compile``). With ``compile``:
+frozen loss head's softmax-minus-one-hot eager under ``compile``), ``fp8`` (model.fp8_base: the frozen base's products
+in FP8; the run checks its loss and gradients against bf16 first). With ``compile``:
 ``static`` (layers compiled for the batch shape instead of dynamic shapes), ``graphs`` (static, and inductor's
 CUDA graphs: mode="reduce-overhead", for the host launch overhead), ``budgetNN`` (the compiler's activation memory
 budget at NN%: it recomputes cheap elementwise results in backward instead of saving them; at 90% a compiled
@@ -227,13 +228,14 @@ def run_case(args: argparse.Namespace) -> dict:
     # at the first batch of another length: warm up until both compilations are behind us.
     widths: set[int] = set()
     warm = False
+    losses = []  # every step's mean loss, read after the timing (same data and seed in every case: the curves compare)
     for i, (batch, real) in enumerate(batches):
         if not warm and i >= args.warmup and (len(widths) > 1 or "compile" not in args.mods or i >= 4 * args.warmup + 8):
             warm = True
             torch.cuda.synchronize()
             t0 = time.perf_counter()
         widths.add(batch["input_ids"].shape[1])
-        step(batch)
+        losses.append(step(batch))
         if warm:
             tokens += real
             done += 1
@@ -257,7 +259,9 @@ def run_case(args: argparse.Namespace) -> dict:
             prof.export_chrome_trace(str(Path(args.trace_dir) / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.case) + ".json.gz")))
     tps = tokens / elapsed
     flops = (6 if method == "full" else 4) * n_matmul
-    return {"case": args.case, "model": args.model, "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    losses = [float(x) for x in losses if x is not None]
+    return {"case": args.case, "model": args.model, "tokens_per_s": tps, "loss_first": losses[0] if losses else None,
+            "loss_last10": sum(losses[-10:]) / len(losses[-10:]) if losses else None, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
             "tflops": tps * flops / 1e12, "steps": done, "gc": getattr(args, "gc_chosen", gc), "micro_batch": args.micro_batch}
 
 
@@ -339,6 +343,7 @@ def build_unsloth(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         loss = model(**batch).loss
         loss.backward()
         update()
+        return loss.detach()
 
     return model, step
 
@@ -373,6 +378,7 @@ def build_hf(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
             loss = model(**batch).loss
         loss.backward()
         update()
+        return loss.detach()
 
     return model, step
 
@@ -390,7 +396,7 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
 
     auto = "auto" in args.mods  # what `ftcore run` picks with no flags (speed: auto, levers left null)
     levers = {} if auto else {"gradient_checkpointing": gc, "compile": "compile" in args.mods, "offload_activations": "offload" in args.mods,
-                              "offload_embeddings": "cpuemb" in args.mods, "fused_lora": "fused" in args.mods}
+                              "offload_embeddings": "cpuemb" in args.mods, "fused_lora": "fused" in args.mods, "fp8_base": "fp8" in args.mods}
     recipe = Recipe({
         "model": {"builder": "hf", "path": str(ckpt), "attn_implementation": args.attn, "chunked_loss": args.chunked_loss == "on", **levers},
         "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": lora_dropout(args)},
@@ -464,6 +470,7 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+        return (lsum / n).detach()
 
     return model, step
 
@@ -561,6 +568,39 @@ def check_offload() -> float:
     return rel
 
 
+def check_fp8() -> float:
+    """LoRA on a frozen bf16 base with the base's products in FP8 (model.fp8_base) against bf16: loss and
+    adapter gradients on one batch, two layers of the 1.8B shape (hidden 2048, MLP 8192)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftcore.models.plan import prepare_for_training
+    from ftcore.train.objective import loss_sum
+
+    cfg = LlamaConfig(hidden_size=2048, num_hidden_layers=2, num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192, vocab_size=1000)
+    ids = torch.randint(3, 1000, (1, 2048), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids.cuda(), "labels": ids.cuda(), "position_ids": torch.arange(2048)[None].cuda()}
+    results = []
+    for fp8 in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16)
+        model_cfg = {"quantization": "none", "gradient_checkpointing": False, "chunked_loss": True, "fp8_base": fp8}
+        adapter = {"kind": "lora", "r": 64, "alpha": 16, "dropout": 0.0, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
+        model = prepare_for_training(model, model_cfg, adapter).model
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = loss_sum(model, batch)
+        loss.backward()
+        results.append((float(loss) / 2047, torch.cat([p.grad.float().flatten() for p in model.parameters() if p.requires_grad])))
+    (loss, grads), (fp8_loss, fp8_grads) = results
+    rel = float((fp8_grads - grads).norm() / grads.norm())
+    cos = float(torch.nn.functional.cosine_similarity(fp8_grads, grads, dim=0))
+    print(f"fp8 check: mean loss bf16 {loss:.5f} vs fp8 base {fp8_loss:.5f}; adapter gradient relative difference {rel:.2e}, cosine {cos:.5f}", flush=True)
+    return rel
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="1.8b", choices=list(SHAPES))
@@ -596,6 +636,8 @@ def main() -> None:
 
     check_varlen()
     check_offload()
+    if "fp8" in args.cases:
+        check_fp8()
     ckpt = make_checkpoint(args.model, Path(args.root))
     peak = matmul_peak_tflops()
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 matmul peak measured {peak:.0f} TFLOP/s", flush=True)
@@ -622,11 +664,12 @@ def main() -> None:
         with open(args.json, "a") as f:
             for r in results:
                 f.write(json.dumps({**r, "peak_tflops": peak, "device": torch.cuda.get_device_name(), "torch": torch.__version__}) + "\n")
-    print(f"\n{'case':<34}{'model':>6}{'tokens/s':>12}{'peak GiB':>10}{'MFU':>8}{'longest':>10}{'vs Unsloth':>12}")
+    print(f"\n{'case':<34}{'model':>6}{'tokens/s':>12}{'peak GiB':>10}{'MFU':>8}{'longest':>10}{'vs Unsloth':>12}{'loss 1st':>10}{'last 10':>9}")
     for r in results:
         ratio = unsloth_ratio(r, results)
+        losses = f"{r['loss_first']:>10.4f}{r['loss_last10']:>9.4f}" if r.get("loss_first") is not None else ""
         print(f"{r['case']:<34}{r['model']:>6}{r.get('tokens_per_s', 0):>12.0f}{r.get('peak_gib', 0):>10.1f}{r.get('mfu', 0):>8.1%}"
-              f"{r.get('longest_sample', ''):>10}{'' if ratio is None else f'{ratio:.2f}x':>12}")
+              f"{r.get('longest_sample', ''):>10}{'' if ratio is None else f'{ratio:.2f}x':>12}{losses}")
 
 
 def unsloth_ratio(row: dict, results: list[dict]) -> float | None:

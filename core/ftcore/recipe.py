@@ -109,6 +109,7 @@ SCHEMA: dict[str, Any] = {
         "adapter": F(str, None, "a trained adapter to continue from (a LoRA checkpoint folder, e.g. the SFT run's before DPO)", is_path=True),
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
         "fused_lora": F(bool, None, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile; null: off)"),
+        "fp8_base": F(bool, None, "run the frozen base's matrix products in FP8 (e4m3, one scale per weight row and per token; weights quantized once): faster on GPUs with FP8 tensor cores (compute capability 8.9+), results differ from bf16 by about FP8's rounding; adapters only; null: off"),
         "compile": F(bool, None, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile; null: speed auto turns it on for runs long enough to repay it)"),
     },
     "adapter": {
@@ -581,6 +582,8 @@ class _Checker:
             model["quantization"] = "nf4"
         if kind.trains_base and model.get("quantization") not in (None, "none"):
             self.problem("model.quantization", f"a quantized base cannot be fully fine-tuned (adapter.kind {data['adapter']['kind']})", "use adapter.kind: qlora or lora")
+        if kind.trains_base and model.get("fp8_base"):
+            self.problem("model.fp8_base", f"the FP8 base is for a frozen base, but adapter.kind {data['adapter']['kind']} trains every weight", "drop model.fp8_base, or train an adapter (lora, qlora)")
 
 
 def adapter_kind(name: Any, parts: Any) -> Any:

@@ -6,7 +6,8 @@ goes in before peft wraps the model (so the adapter never targets it); the base 
 before gradient checkpointing is enabled; checkpointed layers are offloaded before peft
 wraps them (so the replay skip finds the base layers); the adapter kind (a registered
 :class:`~ftcore.models.adapters.AdapterKind`: LoRA, DoRA, a full fine-tune, ...) makes the model
-trainable in the middle; the fused LoRA forward and the replay skip need peft's layers; the
+trainable in the middle; the fused LoRA forward, the FP8 base (which replaces the frozen layers
+under peft's) and the replay skip need peft's layers; the
 embeddings move to the CPU after the adapter is attached; and ``compile`` comes last, over the
 final modules.
 
@@ -154,6 +155,18 @@ def _fused_lora(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, An
     return model
 
 
+def _fp8_base(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
+    from .fp8 import check_device, convert_frozen_linears
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    device = next(model.parameters()).device
+    check_device(device)
+    if not convert_frozen_linears(model, skip=(head,) if head is not None else ()):
+        raise FtcoreError("model.fp8_base found no frozen linear layer to run in FP8", where="model.fp8_base",
+                          hint="drop model.fp8_base (it speeds up adapters on a frozen base; sizes must be multiples of 16)")
+    return model
+
+
 def _replay_skip(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
     from .replay import skip_in_replay  # ftcore's own offloaded checkpoint marks its replays
 
@@ -189,6 +202,7 @@ TRANSFORMS: list[Transform] = [
     Transform("train mode", lambda m, a: True, _train_mode),
     Transform("adapter", lambda m, a: True, _adapter),
     Transform("fused lora", lambda m, a: not a.trains_base and bool(m.get("fused_lora")), _fused_lora),
+    Transform("fp8 base", lambda m, a: not a.trains_base and bool(m.get("fp8_base")), _fp8_base),
     Transform("replay skip", lambda m, a: bool(m.get("offload_activations")), _replay_skip),
     Transform("embedding offload", lambda m, a: bool(m.get("offload_embeddings")), _offload_embeddings),
     Transform("compile", lambda m, a: bool(m.get("compile")), _compile),

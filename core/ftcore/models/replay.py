@@ -53,8 +53,10 @@ class _BackwardOnly(torch.autograd.Function):
 
 
 def _skippable_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    if not _replaying or args or kwargs or self.weight.requires_grad or not torch.is_grad_enabled():
+    if not _replaying or args or kwargs or not torch.is_grad_enabled() or getattr(getattr(self, "weight", None), "requires_grad", False):
         return self._ftcore_forward(x, *args, **kwargs)
+    if hasattr(self, "backward_only"):  # an FP8 base layer (ftcore.models.fp8)
+        return self.backward_only(x)
     if type(self) is torch.nn.Linear and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
     else:  # bitsandbytes' 4-bit linear returns the input's dtype; a plain linear without autocast too
@@ -72,7 +74,9 @@ def _base(module: Any) -> Any:
 def skip_in_replay(model: Any) -> int:
     """Let the replays of ``model``'s checkpointed layers skip the frozen projections listed in
     ``SKIPPABLE``; returns how many projections were given that forward."""
-    kinds: tuple[type, ...] = (torch.nn.Linear,)
+    from .fp8 import Fp8FrozenLinear
+
+    kinds: tuple[type, ...] = (torch.nn.Linear, Fp8FrozenLinear)
     try:
         from bitsandbytes.nn import Linear4bit
 

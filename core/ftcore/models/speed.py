@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The model levers, with their value where nothing chooses them (``speed: manual`` and CPU runs).
-MANUAL = {"gradient_checkpointing": True, "offload_activations": False, "offload_embeddings": False, "fused_lora": False, "compile": False}
+MANUAL = {"gradient_checkpointing": True, "offload_activations": False, "offload_embeddings": False, "fused_lora": False, "compile": False, "fp8_base": False}
 GIB = 2**30
 #: Tokens per micro batch beyond which a larger micro batch no longer speeds up a step.
 MAX_MICRO_TOKENS = 16384
