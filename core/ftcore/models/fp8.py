@@ -28,13 +28,17 @@ def quantize_rows(x: torch.Tensor, col_scale: torch.Tensor | None = None) -> tup
     return (x / scale).to(E4M3), scale
 
 
-@lru_cache(maxsize=None)
 def _quantizer(device_type: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """``quantize_rows`` as one fused kernel on a GPU (eager it makes five passes over the tensor, slower than
-    the product it feeds); inside compiled layers it is traced as part of the layer either way."""
-    if device_type == "cuda":
-        return torch.compile(quantize_rows, dynamic=True)
-    return quantize_rows
+    the product it feeds); inside compiled layers it is traced as part of the layer."""
+    if device_type != "cuda" or torch.compiler.is_compiling():
+        return quantize_rows
+    return _compiled_quantizer()
+
+
+@lru_cache(maxsize=None)
+def _compiled_quantizer() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    return torch.compile(quantize_rows, dynamic=True)
 
 
 class _FrozenFp8Product(torch.autograd.Function):
