@@ -30,10 +30,8 @@ def quantize_rows(x: torch.Tensor, col_scale: torch.Tensor | None = None) -> tup
 
 def _quantizer(device_type: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """``quantize_rows`` as one fused kernel on a GPU (eager it makes five passes over the tensor, slower than
-    the product it feeds); inside compiled layers it is traced as part of the layer."""
-    if device_type != "cuda" or torch.compiler.is_compiling():
-        return quantize_rows
-    return _compiled_quantizer()
+    the product it feeds)."""
+    return _compiled_quantizer() if device_type == "cuda" else quantize_rows
 
 
 @lru_cache(maxsize=None)
@@ -41,46 +39,55 @@ def _compiled_quantizer() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     return torch.compile(quantize_rows, dynamic=True)
 
 
-class _FrozenFp8Product(torch.autograd.Function):
+# The products are custom operators, so compiled layers call them as they are (dynamo does not trace into them).
+@torch.library.custom_op("ftcore::fp8_frozen_linear", mutates_args=())
+def fp8_frozen_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x @ W^T`` with W (out x in) held as e4m3 ``weight`` and per-row ``scale`` (out x 1); the gradient
     reaches ``x`` only."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        quantize = _quantizer(x.device.type)
-        rows = x.reshape(-1, x.shape[-1])
-        q, q_scale = quantize(rows)
-        out = torch._scaled_mm(q, weight.t(), scale_a=q_scale, scale_b=scale.t(), out_dtype=x.dtype, use_fast_accum=True)
-        ctx.save_for_backward(weight, scale)
-        ctx.in_shape = x.shape
-        return out.view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        weight, scale = ctx.saved_tensors
-        return input_grad(grad, weight, scale).view(ctx.in_shape), None, None
+    q, q_scale = _quantizer(x.device.type)(x.reshape(-1, x.shape[-1]))
+    out = torch._scaled_mm(q, weight.t(), scale_a=q_scale, scale_b=scale.t(), out_dtype=x.dtype, use_fast_accum=True)
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
-class _BackwardOnly(torch.autograd.Function):
+@torch.library.custom_op("ftcore::fp8_backward_only", mutates_args=())
+def fp8_backward_only(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The product's output unread (a checkpoint's replay, :mod:`ftcore.models.replay`): allocated, not
     computed; the backward is the product's own."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weight, scale)
-        ctx.in_shape = x.shape
-        return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-    backward = _FrozenFp8Product.backward
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def input_grad(grad: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``grad @ W`` for W held as e4m3 ``weight`` with per-row ``scale``, as a (rows x in) matrix."""
-    rows = grad.reshape(-1, grad.shape[-1])
+@torch.library.custom_op("ftcore::fp8_input_grad", mutates_args=())
+def fp8_input_grad(grad: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``grad @ W`` for W held as e4m3 ``weight`` with per-row ``scale``."""
     # g @ W = (g * scale^T) @ W8: the weight's row scales go into the gradient's columns before quantizing
-    q, q_scale = _quantizer(grad.device.type)(rows, scale.t())
+    q, q_scale = _quantizer(grad.device.type)(grad.reshape(-1, grad.shape[-1]), scale.t())
     ones = torch.ones(1, weight.shape[1], device=weight.device, dtype=torch.float32)
-    return torch._scaled_mm(q, weight.t().contiguous().t(), scale_a=q_scale, scale_b=ones, out_dtype=grad.dtype)
+    out = torch._scaled_mm(q, weight.t().contiguous().t(), scale_a=q_scale, scale_b=ones, out_dtype=grad.dtype)
+    return out.view(*grad.shape[:-1], weight.shape[1])
+
+
+@fp8_frozen_linear.register_fake
+@fp8_backward_only.register_fake
+def _product_shape(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@fp8_input_grad.register_fake
+def _input_grad_shape(grad: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return grad.new_empty((*grad.shape[:-1], weight.shape[1]))
+
+
+def _keep_weight(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[1], inputs[2])
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    weight, scale = ctx.saved_tensors
+    return fp8_input_grad(grad, weight, scale), None, None
+
+
+fp8_frozen_linear.register_autograd(_backward, setup_context=_keep_weight)
+fp8_backward_only.register_autograd(_backward, setup_context=_keep_weight)
 
 
 class Fp8FrozenLinear(torch.nn.Module):
@@ -96,12 +103,12 @@ class Fp8FrozenLinear(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _FrozenFp8Product.apply(x, self.weight_fp8, self.weight_scale)
+        out = fp8_frozen_linear(x, self.weight_fp8, self.weight_scale)
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def backward_only(self, x: torch.Tensor) -> torch.Tensor:
         """The forward's output left uncomputed (a replay whose output is never read); the bias cannot matter there."""
-        return _BackwardOnly.apply(x, self.weight_fp8, self.weight_scale)
+        return fp8_backward_only(x, self.weight_fp8, self.weight_scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, weight=e4m3 row-scaled"
