@@ -68,6 +68,15 @@ def test_lora_model_trains_through_the_fp8_base(tiny_llama, quantization) -> Non
     assert sum(cosines.values()) / len(cosines) > 0.96
 
 
+def test_compiled_layers_call_the_fp8_products_as_they_are(tiny_llama) -> None:
+    """model.compile over the FP8 base (the setting it is fast with): the eager loss and gradients."""
+    loss, grads = adapter_step(lora_model(tiny_llama, dropout=0.0, fp8_base=True, gradient_checkpointing=False))
+    compiled_loss, compiled_grads = adapter_step(lora_model(tiny_llama, dropout=0.0, fp8_base=True, gradient_checkpointing=False, compile=True))
+    assert compiled_loss == pytest.approx(loss, rel=1e-5)
+    for name, g in grads.items():
+        assert float((compiled_grads[name] - g).norm() / g.norm().clamp_min(1e-12)) < 1e-4, name
+
+
 def test_replay_skip_uses_the_fp8_layers(tiny_llama, monkeypatch) -> None:
     skipped = []
     original = Fp8FrozenLinear.backward_only

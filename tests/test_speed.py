@@ -31,10 +31,17 @@ def choose(shape, free_gib: float, model: dict | None = None, train: dict | None
 
 def test_a_large_gpu_trains_without_checkpointing_at_the_largest_micro_batch_and_compiles_a_long_run() -> None:
     choice = choose(shape(SHAPE_18B), 130)  # an H200 with a 1.8B model loaded
-    assert choice.levers == {"gradient_checkpointing": False, "offload_activations": False, "offload_embeddings": False, "fused_lora": False, "compile": True}
+    assert choice.levers == {"gradient_checkpointing": False, "offload_activations": False, "offload_embeddings": False, "fused_lora": True, "compile": True,
+                             "fp8_base": False}  # FP8 changes the numbers: only on the recipe's say-so
     assert (choice.micro_batch, choice.grad_accum) == (8, 2)  # 16 rows a step as the recipe has them; 16k tokens a micro batch
     assert choice.can_fall_back
     assert "16 rows an optimizer step" in choice.summary() and "compile on" in choice.summary()
+
+
+def test_adapters_get_the_fused_lora_forward_unless_the_recipe_says_otherwise() -> None:
+    assert "fused lora on" in choose(shape(SHAPE_18B), 130).summary()
+    assert choose(shape(SHAPE_18B), 130, model={"fused_lora": False}).levers["fused_lora"] is False
+    assert choose(shape(SHAPE_18B, trains_base=True), 130).levers["fused_lora"] is False  # a full fine-tune has no LoRA layers
 
 
 def test_less_memory_turns_checkpointing_on_before_shrinking_the_micro_batch_below_speed() -> None:

@@ -93,7 +93,7 @@ SCHEMA: dict[str, Any] = {
     "extends": F(str, None, "a registered recipe name or a YAML file this recipe builds on"),
     "work_dir": F(str, None, "where checkpoints and logs go (default ./work_dirs/<name>)", is_path=True),
     "distributed": F(bool, True, "whether the recipe may run on several processes"),
-    "speed": F(str, "auto", "auto: the levers left null (model.gradient_checkpointing, compile, offload_*, fused_lora; train.micro_batch) are chosen from the GPU's free memory and the run's shape, and printed at start; manual: null means off (checkpointing on, micro batch 1)", choices=("auto", "manual")),
+    "speed": F(str, "auto", "auto: the levers left null (model.gradient_checkpointing, compile, offload_*, fused_lora, fp8_base (never chosen); train.micro_batch) are chosen from the GPU's free memory and the run's shape, and printed at start; manual: null means off (checkpointing on, micro batch 1)", choices=("auto", "manual")),
     "model": {
         "builder": F(str, REQUIRED, "model builder name", registry="models", nullable=False),
         "path": F(str, REQUIRED, "local folder of the base model (a Hugging Face checkpoint), or its Hub ID (org/name)", nullable=False, is_path=True),
@@ -108,7 +108,7 @@ SCHEMA: dict[str, Any] = {
         "tokenizer_path": F(str, None, "tokenizer folder if it differs from model.path", is_path=True),
         "adapter": F(str, None, "a trained adapter to continue from (a LoRA checkpoint folder, e.g. the SFT run's before DPO)", is_path=True),
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
-        "fused_lora": F(bool, None, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile; null: off)"),
+        "fused_lora": F(bool, None, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile; null: speed auto turns it on for adapters)"),
         "fp8_base": F(bool, None, "run the frozen base's matrix products in FP8 (e4m3, one scale per weight row and per token; weights quantized once): faster on GPUs with FP8 tensor cores (compute capability 8.9+), results differ from bf16 by about FP8's rounding; adapters only; null: off"),
         "compile": F(bool, None, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile; null: speed auto turns it on for runs long enough to repay it)"),
     },
