@@ -43,3 +43,33 @@ def test_seeded_rows_repeat_in_any_batch_others_sample_within_top_k_greedy_rows_
     assert [a for a, b in draws] == [b for a, b in draws] == alone_draws  # the same seed, the same answer, batched or alone
     assert len(set(alone_draws)) > 1  # and it is sampled, not greedy
     assert len(free) > 1
+
+
+def test_rows_all_sampled_without_seeds_draw_once_within_their_top_p() -> None:
+    batcher = Batcher(_Forward())
+    logits = torch.zeros(3, 20)
+    for i in range(3):
+        logits[i, 5 + i] = 4.0  # about 0.74 of each row's mass on token 5 + i
+    rows = [_row(Sampling(temperature=1.0, top_p=0.5)) for _ in range(3)]
+    for _ in range(20):
+        assert batcher._sample(logits, rows).tolist() == [5, 6, 7]
+    free = [_row(Sampling(temperature=1.0)) for _ in range(3)]
+    assert len({tuple(batcher._sample(logits, free).tolist()) for _ in range(40)}) > 1
+
+
+def test_pieces_that_queued_up_reach_the_client_as_one_event() -> None:
+    """A stream that fell behind the model (the event loop busy with other clients) sends what has
+    arrived in one event instead of one per token: the same text, fewer writes."""
+    import asyncio
+    import threading
+    from collections import deque
+
+    batcher = Batcher(_Forward())
+    job = SimpleNamespace(pieces=deque([("piece", "Hel"), ("piece", "lo"), ("piece", ", world"), ("end", None)]), arrived=asyncio.Event(),
+                          joined=True, generation=SimpleNamespace(cancel=threading.Event()), stop=lambda reason=None: None)
+
+    async def read() -> list[str]:
+        loop = asyncio.get_running_loop()
+        return [piece async for piece in batcher.stream(job, loop.time() + 5)]
+
+    assert asyncio.run(read()) == ["Hello, world"]

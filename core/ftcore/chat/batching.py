@@ -180,6 +180,8 @@ class Batcher:
                 while job.pieces:
                     kind, value = job.pieces.popleft()
                     if kind == "piece":
+                        while job.pieces and job.pieces[0][0] == "piece":  # the model ran ahead of this stream: one event for all
+                            value += job.pieces.popleft()[1]
                         yield value
                     elif kind == "error":
                         raise value
@@ -394,14 +396,19 @@ class Batcher:
         if not sampled:
             return tokens
         settings = [rows[i].generation.sampling for i in sampled]
-        scores = logits[sampled] / torch.tensor([s.temperature for s in settings], device=logits.device)[:, None]
+        scores = logits if len(sampled) == len(rows) else logits[sampled]  # (a list index is a copy to the GPU each step)
+        temperatures = {s.temperature for s in settings}
+        if len(temperatures) == 1:
+            scores = scores / temperatures.pop()
+        else:
+            scores = scores / torch.tensor([s.temperature for s in settings], device=logits.device)[:, None]
         top_k = [s.top_k for s in settings]
         if any(top_k):
             k = torch.tensor([min(k, scores.shape[-1]) if k > 0 else scores.shape[-1] for k in top_k], device=logits.device)
             kth = scores.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        top_p = torch.tensor([s.top_p for s in settings], device=logits.device)
-        if bool((top_p < 1).any()):
+        if any(s.top_p < 1 for s in settings):
+            top_p = torch.tensor([s.top_p for s in settings], device=logits.device)
             ordered, order = scores.sort(dim=-1, descending=True)
             probs = ordered.softmax(dim=-1)
             before = probs.cumsum(dim=-1) - probs  # the mass of the likelier tokens
@@ -410,6 +417,8 @@ class Batcher:
             scores = scores.scatter(1, order, ordered.masked_fill(drop, float("-inf")))
         probs = scores.softmax(dim=-1)
         unseeded = [row for row, i in enumerate(sampled) if rows[i].generator is None]
+        if len(unseeded) == len(rows):  # every row sampled, none seeded: one draw, no indexing
+            return torch.multinomial(probs, 1).squeeze(1)
         if unseeded:
             tokens[[sampled[row] for row in unseeded]] = torch.multinomial(probs[unseeded], 1).squeeze(1)
         for row, i in enumerate(sampled):
