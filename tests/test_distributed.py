@@ -110,6 +110,14 @@ def test_qlora_with_zero3_is_refused_with_a_reason(tmp_path, tiny_llama, self_co
     assert proc.returncode == 2 and "cannot be partitioned by ZeRO-3" in proc.stderr and "zero2" in proc.stderr
 
 
+def test_an_fp8_base_with_zero3_is_refused_with_a_reason(tmp_path, tiny_llama, self_cognition_file) -> None:
+    pytest.importorskip("deepspeed")
+    recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, strategy={"name": "zero3"})
+    proc = run_cli("run", "--recipe", str(recipe), "model.fp8_base=true")
+    assert proc.returncode == 2 and "error: model.fp8_base:" in proc.stderr and "does not partition" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "Loading weights" not in proc.stderr + proc.stdout
+
+
 def test_deepspeed_config_is_derived_from_the_recipe_and_overridable(tmp_path) -> None:
     from ftcore.parts import collect_parts
     from ftcore.plugins import get_plugin_manager

@@ -81,9 +81,9 @@ def test_fsdp_tells_speed_auto_what_each_device_will_hold_after_sharding(tiny_ll
 
 def test_fsdp_refuses_what_it_cannot_shard_before_loading(tmp_path, tiny_llama, self_cognition_file) -> None:
     recipe = make_recipe(tmp_path, tiny_llama, self_cognition_file, strategy={"name": "fsdp"})
-    proc = run_cli("run", "--recipe", str(recipe), "model.offload_embeddings=true", "strategy.offload_params=true", "model.quantization=int8")
-    assert proc.returncode == 2 and "strategy fsdp has 3 problems" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    for key in ("model.offload_embeddings", "strategy.offload_params", "model.quantization"):
+    proc = run_cli("run", "--recipe", str(recipe), "model.offload_embeddings=true", "strategy.offload_params=true", "model.quantization=int8", "model.fp8_base=true")
+    assert proc.returncode == 2 and "strategy fsdp has 4 problems" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    for key in ("model.offload_embeddings", "strategy.offload_params", "model.quantization", "model.fp8_base"):
         assert f"  - {key}: " in proc.stderr, key
     assert "Loading weights" not in proc.stderr + proc.stdout
 

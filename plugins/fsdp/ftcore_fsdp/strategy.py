@@ -42,6 +42,9 @@ def refusals(recipe: Any, precision: str, offload_params: bool, device: Any) -> 
     if model.get("offload_embeddings"):
         found.append(("model.offload_embeddings", "fsdp shards the embeddings with the model; they cannot also stay in CPU memory",
                       "set model.offload_embeddings=false (strategy.offload_params=true keeps every shard in CPU memory)"))
+    if model.get("fp8_base"):
+        found.append(("model.fp8_base", "the FP8 base is held in buffers, which fsdp does not shard: every GPU would hold the whole base",
+                      "drop model.fp8_base, or use strategy.name=ddp (each GPU holds the base anyway)"))
     if offload_params and device.type != "cuda":
         found.append(("strategy.offload_params", f"moves parameters from the GPU to CPU memory, but this run is on {device.type}",
                       "drop strategy.offload_params"))

@@ -72,6 +72,9 @@ class ZeroStrategy(DDPStrategy):
                 where="strategy.name",
                 hint="use zero2 (the 4-bit base is small already, and ZeRO-2 shards the optimizer and gradients)",
             )
+        if self.stage == 3 and recipe["model"].get("fp8_base"):
+            raise FtcoreError("the FP8 base is held in buffers, which ZeRO-3 does not partition: every GPU would hold the whole base",
+                              where="model.fp8_base", hint="drop model.fp8_base, or use zero2 (each GPU holds the base anyway)")
         try:
             import deepspeed  # noqa: F401
         except ImportError:
