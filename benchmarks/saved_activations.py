@@ -27,7 +27,6 @@ def saved_bytes_per_token(setting: str, args: argparse.Namespace) -> float:
 
     mods = set(setting.split("+"))
     budget = next((int(m[6:]) for m in mods if m.startswith("budget")), 100)
-    functorch_config.activation_memory_budget = budget / 100
     torch._dynamo.reset()
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
@@ -35,7 +34,7 @@ def saved_bytes_per_token(setting: str, args: argparse.Namespace) -> float:
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.config._attn_implementation = register()
     recipe = Recipe({"model": {"builder": "hf", "path": "unused", "gradient_checkpointing": "gc" in mods, "compile": "compile" in mods,
-                               "fused_lora": "fused" in mods},
+                               "fused_lora": "fused" in mods, "compile_memory_budget": budget / 100},
                      "adapter": {"kind": "lora", "r": args.r, "alpha": args.r, "dropout": 0.0}, "data": {"path": "unused"}, "train": {}}, "saved_activations")
     validate(recipe)
     plan = prepare_for_training(model, recipe["model"], recipe["adapter"])

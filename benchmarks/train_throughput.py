@@ -22,7 +22,7 @@ again), ``headrecompute`` (the frozen loss head recomputes each chunk's logits i
 frozen loss head's softmax-minus-one-hot eager under ``compile``), ``fp8`` (model.fp8_base: the frozen base's products
 in FP8; the run checks its loss and gradients against bf16 first). With ``compile``:
 ``static`` (layers compiled for the batch shape instead of dynamic shapes), ``graphs`` (static, and inductor's
-CUDA graphs: mode="reduce-overhead", for the host launch overhead), ``budgetNN`` (the compiler's activation memory
+CUDA graphs: mode="reduce-overhead", for the host launch overhead), ``budgetNN`` (model.compile_memory_budget: the compiler's activation memory
 budget at NN%: it recomputes cheap elementwise results in backward instead of saving them; at 90% a compiled
 tiny Llama layer saves 15% fewer bytes per token on the CPU).
 
@@ -397,6 +397,9 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     auto = "auto" in args.mods  # what `ftcore run` picks with no flags (speed: auto, levers left null)
     levers = {} if auto else {"gradient_checkpointing": gc, "compile": "compile" in args.mods, "offload_activations": "offload" in args.mods,
                               "offload_embeddings": "cpuemb" in args.mods, "fused_lora": "fused" in args.mods, "fp8_base": "fp8" in args.mods}
+    budget = next((int(m[6:]) for m in args.mods if m.startswith("budget")), None)
+    if budget is not None:  # selective recompute inside the compiled layers (model.compile_memory_budget)
+        levers["compile_memory_budget"] = budget / 100
     recipe = Recipe({
         "model": {"builder": "hf", "path": str(ckpt), "attn_implementation": args.attn, "chunked_loss": args.chunked_loss == "on", **levers},
         "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": lora_dropout(args)},
@@ -428,11 +431,6 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
-    budget = next((int(m[6:]) for m in args.mods if m.startswith("budget")), None)
-    if budget is not None:  # selective recompute inside the compiled layers
-        import torch._functorch.config as functorch_config
-
-        functorch_config.activation_memory_budget = budget / 100
     if "static" in args.mods or "graphs" in args.mods:  # compiled layers specialised to the batch shape / CUDA graphs
         from ftcore.models import loading
 

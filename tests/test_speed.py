@@ -32,7 +32,7 @@ def choose(shape, free_gib: float, model: dict | None = None, train: dict | None
 def test_a_large_gpu_trains_without_checkpointing_at_the_largest_micro_batch_and_compiles_a_long_run() -> None:
     choice = choose(shape(SHAPE_18B), 130)  # an H200 with a 1.8B model loaded
     assert choice.levers == {"gradient_checkpointing": False, "offload_activations": False, "offload_embeddings": False, "fused_lora": True, "compile": True,
-                             "fp8_base": False}  # FP8 changes the numbers: only on the recipe's say-so
+                             "fp8_base": False, "compile_memory_budget": 1.0}  # FP8 changes the numbers: only on the recipe's say-so
     assert (choice.micro_batch, choice.grad_accum) == (8, 2)  # 16 rows a step as the recipe has them; 16k tokens a micro batch
     assert choice.can_fall_back
     assert "16 rows an optimizer step" in choice.summary() and "compile on" in choice.summary()
@@ -42,6 +42,45 @@ def test_adapters_get_the_fused_lora_forward_unless_the_recipe_says_otherwise() 
     assert "fused lora on" in choose(shape(SHAPE_18B), 130).summary()
     assert choose(shape(SHAPE_18B), 130, model={"fused_lora": False}).levers["fused_lora"] is False
     assert choose(shape(SHAPE_18B, trains_base=True), 130).levers["fused_lora"] is False  # a full fine-tune has no LoRA layers
+
+
+def test_a_lower_compile_memory_budget_is_chosen_where_it_saves_checkpointing_or_a_smaller_batch() -> None:
+    fits = choose(shape(SHAPE_18B), 34)  # 1.8B no-checkpointing micro batch 8: ~33 GiB keeping everything, ~25 GiB at budget 0.9
+    assert not fits.levers["gradient_checkpointing"] and fits.micro_batch == 8 and fits.levers["compile_memory_budget"] == 0.9
+    assert "compile memory budget 0.9" in fits.summary()
+    assert choose(shape(SHAPE_18B), 134).levers["compile_memory_budget"] == 1.0  # room enough: nothing recomputed
+    kept = choose(shape(SHAPE_18B), 34, model={"compile_memory_budget": 1.0})
+    assert kept.levers["compile_memory_budget"] == 1.0 and kept.micro_batch == 4  # the recipe's budget holds; the batch gives way
+    uncompiled = choose(shape(SHAPE_18B, run_tokens=1_000_000), 34)
+    assert not uncompiled.levers["compile"] and uncompiled.levers["compile_memory_budget"] == 1.0  # a budget only means something compiled
+
+
+def test_compiled_layers_keep_fewer_bytes_under_a_lower_memory_budget(tiny_llama) -> None:
+    import torch
+    from helpers import lora_model
+
+    from ftcore.train.objective import loss_sum
+
+    def saved_bytes(budget: float) -> int:
+        torch._dynamo.reset()
+        model = lora_model(tiny_llama, dropout=0.0, gradient_checkpointing=False, compile=True, compile_memory_budget=budget)
+        ids = torch.randint(3, 200, (1, 128), generator=torch.Generator().manual_seed(1))
+        batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(128)[None]}
+        kept: dict[int, int] = {}
+        for _ in range(2):  # compile, then count
+            kept.clear()
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.__setitem__(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) or t, lambda t: t):
+                loss, _ = loss_sum(model, batch)
+            loss.backward()
+        return sum(kept.values())
+
+    try:
+        full, low = saved_bytes(1.0), saved_bytes(0.9)
+    finally:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.activation_memory_budget = 1.0
+    assert low < 0.95 * full, (low, full)
 
 
 def test_less_memory_turns_checkpointing_on_before_shrinking_the_micro_batch_below_speed() -> None:

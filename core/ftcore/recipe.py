@@ -110,6 +110,7 @@ SCHEMA: dict[str, Any] = {
         "chunked_loss": F(bool, True, "compute the loss in chunks on trained tokens only (never the full logits)"),
         "fused_lora": F(bool, None, "add each LoRA product into the base output in place while training (less memory than peft's forward: 0.44 GiB on 7B QLoRA with model.compile; null: speed auto turns it on for adapters)"),
         "fp8_base": F(bool, None, "run the frozen base's matrix products in FP8 (e4m3, one scale per weight row and per token; weights quantized once): faster on GPUs with FP8 tensor cores (compute capability 8.9+), results differ from bf16 by about FP8's rounding; adapters only; null: off"),
+        "compile_memory_budget": F(float, None, "with model.compile: the share of the compiled layers' saved activations to keep; below 1 the compiler recomputes cheap elementwise results in backward instead (0.9 keeps 16% fewer bytes per token: the SwiGLU product and a norm output); null: speed auto lowers it to 0.9 only where that lets steps run without gradient checkpointing or at a larger micro batch, 1 otherwise", gt=0, le=1),
         "compile": F(bool, None, "torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA and casts; the first steps compile; null: speed auto turns it on for runs long enough to repay it)"),
     },
     "adapter": {

@@ -108,9 +108,13 @@ def lora_targets(model: Any, targets: Any) -> Any:
 COMPILE_OPTIONS: dict[str, Any] = {"dynamic": True}
 
 
-def compile_layers(model: Any) -> int:
+def compile_layers(model: Any, memory_budget: float = 1.0) -> int:
     """``torch.compile`` every decoder layer in place (regional compilation: the layers share one
-    compiled graph, so compiling costs one layer's time, not the model's). Returns how many."""
+    compiled graph, so compiling costs one layer's time, not the model's). Returns how many.
+    ``memory_budget`` below 1: the share of the saved activations the compiled layers keep
+    (the compiler recomputes the cheapest of the rest in backward; it applies process-wide)."""
+    import torch._functorch.config as functorch_config
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     kinds = set(getattr(base, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in kinds]
@@ -121,6 +125,7 @@ def compile_layers(model: Any) -> int:
             hint="set model.compile=false",
         )
     cache_compiled()
+    functorch_config.activation_memory_budget = memory_budget
     for layer in layers:
         layer.compile(**COMPILE_OPTIONS)
     return len(layers)

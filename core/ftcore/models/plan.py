@@ -186,7 +186,7 @@ def _compile(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any],
     from .loading import compile_layers
     from .loss_head import find_loss_head
 
-    compile_layers(model)
+    compile_layers(model, memory_budget=model_cfg.get("compile_memory_budget") or 1.0)
     head = find_loss_head(model)
     if head is not None:
         head.compile_softmax()

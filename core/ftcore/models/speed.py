@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The model levers, with their value where nothing chooses them (``speed: manual`` and CPU runs).
-MANUAL = {"gradient_checkpointing": True, "offload_activations": False, "offload_embeddings": False, "fused_lora": False, "compile": False, "fp8_base": False}
+MANUAL = {"gradient_checkpointing": True, "offload_activations": False, "offload_embeddings": False, "fused_lora": False, "compile": False, "fp8_base": False,
+          "compile_memory_budget": 1.0}
+#: The compiled layers' activation memory budget ``auto`` lowers to when that lets a step skip
+#: gradient checkpointing or take a larger micro batch (recomputing elementwise results is cheap).
+LOW_BUDGET = 0.9
+#: Share of a step's time left when the compiled layers recompute elementwise results (an estimate).
+RECOMPUTE_COST = 0.98
 GIB = 2**30
 #: Tokens per micro batch beyond which a larger micro batch no longer speeds up a step.
 MAX_MICRO_TOKENS = 16384
@@ -73,17 +79,21 @@ class Shape:
         h, i, kv = self.hidden, self.intermediate, self.kv_dim
         return self.layers * self.rank * (9 * h + 2 * kv + 3 * i)  # q, k, v, o, gate, up, down: rank x (in + out)
 
-    def layer_bytes(self, tokens: int, compiled: bool) -> int:
+    def layer_bytes(self, tokens: int, compiled: bool, budget: float = 1.0) -> int:
         """Activations one decoder layer keeps for backward over ``tokens`` (bf16; compiled layers
-        keep fewer intermediates: the fused norm, RoPE and SwiGLU)."""
+        keep fewer intermediates: the fused norm, RoPE and SwiGLU; under a memory budget below 1 they
+        recompute the SwiGLU product and a norm output, benchmarks/saved_activations.py)."""
         h, i = self.hidden, self.intermediate
-        per_token = 2 * (9 * h + 3 * i) if compiled else 2 * (13 * h + 4.5 * i)
+        if not compiled:
+            per_token = 2 * (13 * h + 4.5 * i)
+        else:
+            per_token = 2 * (9 * h + 3 * i) if budget >= 1 else 2 * (8 * h + 2 * i)
         return int(tokens * per_token)
 
     def need(self, tokens: int, levers: dict[str, Any]) -> int:
         """Bytes a step needs on the GPU beyond the loaded weights, with ``levers``."""
         compiled = bool(levers.get("compile"))
-        one_layer = self.layer_bytes(tokens, compiled)
+        one_layer = self.layer_bytes(tokens, compiled, levers.get("compile_memory_budget") or 1.0)
         if not levers.get("gradient_checkpointing"):
             acts = self.layers * one_layer
         elif levers.get("offload_activations"):
@@ -108,7 +118,8 @@ class Choice:
     can_fall_back: bool = False
 
     def summary(self) -> str:
-        on = [name.replace("_", " ") for name, value in self.levers.items() if value]
+        on = [name.replace("_", " ") + (f" {value}" if not isinstance(value, bool) else "") for name, value in self.levers.items()
+              if value is True or (not isinstance(value, bool) and value and value != MANUAL.get(name))]
         head = f"speed auto: micro batch {self.micro_batch} x grad_accum {self.grad_accum}; " + (", ".join(on) if on else "no extra levers")
         return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
 
@@ -148,18 +159,23 @@ def choose(shape: Shape | None, free: int, model_cfg: dict[str, Any], train_cfg:
     budget = max(0, int(free * (1 - HEADROOM) - RESERVE))
     sizes = [user_micro] if user_micro else _options(grad_accum, shape.max_length)
     rows_per_step = (user_micro or 1) * grad_accum
+    budgets = [levers["compile_memory_budget"]] if "compile_memory_budget" in levers else [1.0, LOW_BUDGET] if levers.get("compile") else [1.0]
     candidates = []
     for gc in ([levers["gradient_checkpointing"]] if "gradient_checkpointing" in levers else [False, True]):
         for m in sizes:
-            trial = {**MANUAL, **levers, "gradient_checkpointing": gc}
-            if shape.need(m * shape.max_length, trial) <= budget:
-                candidates.append((_speed(m * shape.max_length, gc), m, gc))
+            for low in budgets:
+                trial = {**MANUAL, **levers, "gradient_checkpointing": gc, "compile_memory_budget": low}
+                if shape.need(m * shape.max_length, trial) <= budget:
+                    candidates.append((_speed(m * shape.max_length, gc) * (RECOMPUTE_COST if low < 1 else 1.0), m, gc, low))
     if candidates:
-        _, micro, gc = max(candidates)
+        _, micro, gc, low = max(candidates)
         levers["gradient_checkpointing"] = gc
+        levers["compile_memory_budget"] = low
         need = shape.need(micro * shape.max_length, {**MANUAL, **levers})
         reasons.append(f"gradient checkpointing {'on' if gc else 'off'}, micro batch {micro} ({micro * shape.max_length} tokens): "
                        f"about {need / GIB:.1f} GiB of the {free / GIB:.1f} GiB free" + ("" if gc else " without recomputing layers"))
+        if low < 1:
+            reasons.append(f"compile memory budget {low}: the compiled layers recompute cheap elementwise results in backward, so that fits")
     else:  # nothing fits as is: keep every layer's input in CPU memory, and the embeddings
         micro, gc = sizes[-1], True
         levers.update(gradient_checkpointing=True)
