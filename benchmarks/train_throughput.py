@@ -19,7 +19,8 @@ optimizer step every N micro batches, as ``train.grad_accum=N``; otherwise every
 on in ftcore can be turned off to measure them: ``noskip`` (offloaded replays compute down_proj's frozen GEMM
 again), ``headrecompute`` (the frozen loss head recomputes each chunk's logits in backward, as a trained head does),
 ``gpulabels`` (labels go to the GPU, and the loss head finds the trained positions there), ``eagersoftmax`` (the
-frozen loss head's softmax-minus-one-hot eager under ``compile``), ``fp8`` (model.fp8_base: the frozen base's products
+frozen loss head's softmax-minus-one-hot eager under ``compile``), ``mlpchunk`` (model.mlp_chunk_tokens=8192: each MLP
+over 8192 tokens at a time, for --long-context), ``fp8`` (model.fp8_base: the frozen base's products
 in FP8; the run checks its loss and gradients against bf16 first). With ``compile``:
 ``static`` (layers compiled for the batch shape instead of dynamic shapes), ``graphs`` (static, and inductor's
 CUDA graphs: mode="reduce-overhead", for the host launch overhead), ``budgetNN`` (model.compile_memory_budget: the compiler's activation memory
@@ -400,6 +401,8 @@ def build_ftcore(ckpt: Path, method: str, gc: bool, args: argparse.Namespace):
     budget = next((int(m[6:]) for m in args.mods if m.startswith("budget")), None)
     if budget is not None:  # selective recompute inside the compiled layers (model.compile_memory_budget)
         levers["compile_memory_budget"] = budget / 100
+    if "mlpchunk" in args.mods:  # each MLP over 8192 tokens at a time (model.mlp_chunk_tokens)
+        levers["mlp_chunk_tokens"] = 8192
     recipe = Recipe({
         "model": {"builder": "hf", "path": str(ckpt), "attn_implementation": args.attn, "chunked_loss": args.chunked_loss == "on", **levers},
         "adapter": {"kind": method, "r": LORA["r"], "alpha": LORA["alpha"], "dropout": lora_dropout(args)},
@@ -477,9 +480,9 @@ def long_context(step, side: str, args: argparse.Namespace, n_matmul: int) -> di
     """The longest single sample (doubling from 4k) that trains one step without running out of memory."""
     import torch
 
-    best = 0
-    length = 4096
-    while length <= args.max_context:
+    import gc
+
+    def fits(length: int) -> bool:
         ids = torch.randint(100, 1000, (1, length))
         batch = {"input_ids": ids, "labels": ids.clone()}
         if side == "ftcore":
@@ -488,12 +491,27 @@ def long_context(step, side: str, args: argparse.Namespace, n_matmul: int) -> di
             torch.cuda.reset_peak_memory_stats()
             step(batch)
             torch.cuda.synchronize()
-            best = length
             print(f"  {args.case}: {length} tokens ok, peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
+            return True
         except torch.OutOfMemoryError:
             print(f"  {args.case}: {length} tokens out of memory", flush=True)
+        gc.collect()  # what the failed step held goes before the next try
+        torch.cuda.empty_cache()
+        return False
+
+    best, failed = 0, None
+    length = 4096
+    while length <= args.max_context:
+        if not fits(length):
+            failed = length
             break
+        best = length
         length *= 2
+    for _ in range(args.refine if failed else 0):  # halve the gap between the longest that fit and the first that did not
+        middle = (best + failed) // 2 // 4096 * 4096
+        if middle <= best:
+            break
+        best, failed = (middle, failed) if fits(middle) else (best, middle)
     return {"case": args.case, "model": args.model, "longest_sample": best}
 
 
@@ -616,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunked-loss", default="on", choices=["on", "off"])
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--long-context", action="store_true")
+    p.add_argument("--refine", type=int, default=0, help="--long-context: after the doubling, this many halvings of the gap to the first length that ran out of memory")
     p.add_argument("--max-context", type=int, default=131072)
     p.add_argument("--auto-tokens", type=int, default=50_000_000, help="+auto: the length of the run speed auto plans for (compile pays off on long runs)")
     p.add_argument("--json", help="append results as JSON lines to this file")

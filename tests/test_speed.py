@@ -32,7 +32,7 @@ def choose(shape, free_gib: float, model: dict | None = None, train: dict | None
 def test_a_large_gpu_trains_without_checkpointing_at_the_largest_micro_batch_and_compiles_a_long_run() -> None:
     choice = choose(shape(SHAPE_18B), 130)  # an H200 with a 1.8B model loaded
     assert choice.levers == {"gradient_checkpointing": False, "offload_activations": False, "offload_embeddings": False, "fused_lora": True, "compile": True,
-                             "fp8_base": False, "compile_memory_budget": 1.0}  # FP8 changes the numbers: only on the recipe's say-so
+                             "fp8_base": False, "compile_memory_budget": 1.0, "mlp_chunk_tokens": 0}  # FP8 changes the numbers: only on the recipe's say-so
     assert (choice.micro_batch, choice.grad_accum) == (8, 2)  # 16 rows a step as the recipe has them; 16k tokens a micro batch
     assert choice.can_fall_back
     assert "16 rows an optimizer step" in choice.summary() and "compile on" in choice.summary()
@@ -83,6 +83,15 @@ def test_compiled_layers_keep_fewer_bytes_under_a_lower_memory_budget(tiny_llama
     assert low < 0.95 * full, (low, full)
 
 
+def test_a_sample_too_long_even_with_offload_gets_sliced_mlps() -> None:
+    from ftcore.models.speed import MLP_CHUNK
+
+    long = choose(shape(SHAPE_7B, max_length=262144), 40)  # 7B QLoRA, one 256k-token sample, a 48 GiB card
+    assert long.levers["offload_activations"] and long.levers["mlp_chunk_tokens"] == MLP_CHUNK
+    assert "each MLP runs over 8192 tokens at a time" in long.summary()
+    assert choose(shape(SHAPE_7B), 130).levers["mlp_chunk_tokens"] == 0  # room enough: the MLP runs whole
+
+
 def test_less_memory_turns_checkpointing_on_before_shrinking_the_micro_batch_below_speed() -> None:
     tight = choose(shape(SHAPE_7B), 12)  # 7B QLoRA on a 16 GiB card: no room without recomputing layers
     assert tight.levers["gradient_checkpointing"] and not tight.levers["offload_activations"]
@@ -111,7 +120,10 @@ def test_a_per_process_memory_cap_is_what_auto_has_to_fit_in(monkeypatch) -> Non
     cap["fraction"] = 24 / 140  # capped at 24 GiB, as on a consumer card, with 4 GiB of it held already
     assert free_memory(0) == 20 * GIB
     capped = choose(shape(SHAPE_18B), free_memory(0) / GIB)
-    assert capped.levers["gradient_checkpointing"] and capped.micro_batch == 8  # uncapped it trains without checkpointing
+    uncapped = choose(shape(SHAPE_18B), 130)
+    assert not uncapped.levers["gradient_checkpointing"] and uncapped.micro_batch == 8
+    assert capped.levers["gradient_checkpointing"] or capped.micro_batch < 8  # the cap costs recomputation or batch size
+    assert "of the 20.0 GiB free" in capped.summary()
     cap["fraction"] = 0.01
     assert free_memory(0) == 0  # the cap is spent already
 

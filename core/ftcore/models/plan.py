@@ -8,8 +8,8 @@ wraps them (so the replay skip finds the base layers); the adapter kind (a regis
 :class:`~ftcore.models.adapters.AdapterKind`: LoRA, DoRA, a full fine-tune, ...) makes the model
 trainable in the middle; the fused LoRA forward, the FP8 base (which replaces the frozen layers
 under peft's) and the replay skip need peft's layers; the
-embeddings move to the CPU after the adapter is attached; and ``compile`` comes last, over the
-final modules.
+embeddings move to the CPU after the adapter is attached; the MLPs are sliced over tokens around
+peft's layers; and ``compile`` comes last, over the final modules.
 
 What the transforms decide for the loop travels in the :class:`TrainingPlan` they return —
 whether batches go flat, which inputs stay in CPU memory, the loss head — so the loop and the
@@ -182,6 +182,15 @@ def _offload_embeddings(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict
     return model
 
 
+def _chunked_mlp(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
+    from .chunked_mlp import chunk_mlps
+
+    if not chunk_mlps(model, int(model_cfg["mlp_chunk_tokens"])):
+        raise FtcoreError("model.mlp_chunk_tokens found no decoder layer with an `mlp` to slice", where="model.mlp_chunk_tokens",
+                          hint="drop model.mlp_chunk_tokens (it is for models whose decoder layers have an mlp module)")
+    return model
+
+
 def _compile(model: Any, model_cfg: dict[str, Any], adapter_cfg: dict[str, Any], plan: TrainingPlan) -> Any:
     from .loading import compile_layers
     from .loss_head import find_loss_head
@@ -205,6 +214,7 @@ TRANSFORMS: list[Transform] = [
     Transform("fp8 base", lambda m, a: not a.trains_base and bool(m.get("fp8_base")), _fp8_base),
     Transform("replay skip", lambda m, a: bool(m.get("offload_activations")), _replay_skip),
     Transform("embedding offload", lambda m, a: bool(m.get("offload_embeddings")), _offload_embeddings),
+    Transform("chunked mlp", lambda m, a: bool(m.get("mlp_chunk_tokens")), _chunked_mlp),
     Transform("compile", lambda m, a: bool(m.get("compile")), _compile),
 ]
 

@@ -22,7 +22,9 @@ from typing import Any
 
 #: The model levers, with their value where nothing chooses them (``speed: manual`` and CPU runs).
 MANUAL = {"gradient_checkpointing": True, "offload_activations": False, "offload_embeddings": False, "fused_lora": False, "compile": False, "fp8_base": False,
-          "compile_memory_budget": 1.0}
+          "compile_memory_budget": 1.0, "mlp_chunk_tokens": 0}
+#: Tokens per MLP slice ``auto`` picks when a sample does not fit even with its layer inputs in CPU memory.
+MLP_CHUNK = 8192
 #: The compiled layers' activation memory budget ``auto`` lowers to when that lets a step skip
 #: gradient checkpointing or take a larger micro batch (recomputing elementwise results is cheap).
 LOW_BUDGET = 0.9
@@ -79,21 +81,24 @@ class Shape:
         h, i, kv = self.hidden, self.intermediate, self.kv_dim
         return self.layers * self.rank * (9 * h + 2 * kv + 3 * i)  # q, k, v, o, gate, up, down: rank x (in + out)
 
-    def layer_bytes(self, tokens: int, compiled: bool, budget: float = 1.0) -> int:
+    def layer_bytes(self, tokens: int, compiled: bool, budget: float = 1.0, mlp_chunk: int = 0) -> int:
         """Activations one decoder layer keeps for backward over ``tokens`` (bf16; compiled layers
         keep fewer intermediates: the fused norm, RoPE and SwiGLU; under a memory budget below 1 they
-        recompute the SwiGLU product and a norm output, benchmarks/saved_activations.py)."""
+        recompute the SwiGLU product and a norm output, benchmarks/saved_activations.py; a sliced MLP
+        holds one slice's wide intermediates at a time)."""
         h, i = self.hidden, self.intermediate
         if not compiled:
-            per_token = 2 * (13 * h + 4.5 * i)
+            narrow, wide = 13 * h, 4.5 * i
         else:
-            per_token = 2 * (9 * h + 3 * i) if budget >= 1 else 2 * (8 * h + 2 * i)
-        return int(tokens * per_token)
+            narrow, wide = (9 * h, 3 * i) if budget >= 1 else (8 * h, 2 * i)
+        if mlp_chunk and mlp_chunk < tokens:
+            wide *= mlp_chunk / tokens
+        return int(tokens * 2 * (narrow + wide))
 
     def need(self, tokens: int, levers: dict[str, Any]) -> int:
         """Bytes a step needs on the GPU beyond the loaded weights, with ``levers``."""
         compiled = bool(levers.get("compile"))
-        one_layer = self.layer_bytes(tokens, compiled, levers.get("compile_memory_budget") or 1.0)
+        one_layer = self.layer_bytes(tokens, compiled, levers.get("compile_memory_budget") or 1.0, levers.get("mlp_chunk_tokens") or 0)
         if not levers.get("gradient_checkpointing"):
             acts = self.layers * one_layer
         elif levers.get("offload_activations"):
@@ -184,6 +189,10 @@ def choose(shape: Shape | None, free: int, model_cfg: dict[str, Any], train_cfg:
         need = shape.need(micro * shape.max_length, {**MANUAL, **levers})
         reasons.append(f"tight memory ({free / GIB:.1f} GiB free, about {need / GIB:.1f} GiB needed at micro batch {micro}): "
                        "gradient checkpointing with layer inputs and embeddings in CPU memory")
+        if need > budget and "mlp_chunk_tokens" not in fixed and shape.max_length > MLP_CHUNK:
+            levers["mlp_chunk_tokens"] = MLP_CHUNK
+            need = shape.need(micro * shape.max_length, {**MANUAL, **levers})
+            reasons.append(f"still tight: each MLP runs over {MLP_CHUNK} tokens at a time (about {need / GIB:.1f} GiB)")
     for lever, value in MANUAL.items():
         levers.setdefault(lever, value)
     if user_micro is None and micro != 1:
