@@ -200,6 +200,8 @@ def kernel_summary(prof, wall: float) -> str:
 def run_case(args: argparse.Namespace) -> dict:
     import torch
 
+    if args.cap_gib:  # this process may use at most --cap-gib of the GPU (as on a smaller card; speed: auto sees it too)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory), 0)
     base, *mods = args.case.split("+")
     side, method, batching, gc = CASES[base]
     gc = gc if args.gc is None else args.gc == "on"
@@ -636,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-context", action="store_true")
     p.add_argument("--refine", type=int, default=0, help="--long-context: after the doubling, this many halvings of the gap to the first length that ran out of memory")
     p.add_argument("--max-context", type=int, default=131072)
+    p.add_argument("--cap-gib", type=float, default=0, help="cap each case's GPU memory at this many GiB (torch.cuda.set_per_process_memory_fraction); 0: none")
     p.add_argument("--auto-tokens", type=int, default=50_000_000, help="+auto: the length of the run speed auto plans for (compile pays off on long runs)")
     p.add_argument("--json", help="append results as JSON lines to this file")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of two more steps per case")

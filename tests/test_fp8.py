@@ -109,7 +109,7 @@ def test_fp8_base_is_refused_for_a_full_fine_tune(tmp_path) -> None:
 
 
 def test_quickstart_learns_with_the_fp8_base(tmp_path) -> None:
-    proc = run_cli("run", "--recipe", "quickstart", "--work-dir", str(tmp_path / "q"), "model.fp8_base=true", "train.max_steps=30", cwd=tmp_path, check=True)
+    proc = run_cli("run", "--recipe", "quickstart", "--work-dir", str(tmp_path / "q"), "model.fp8_base=true", "train.max_steps=15", cwd=tmp_path, check=True)
     out = proc.stdout + proc.stderr
     assert "fp8 base" in out
     import json

@@ -123,8 +123,10 @@ class Choice:
     can_fall_back: bool = False
 
     def summary(self) -> str:
-        on = [name.replace("_", " ") + (f" {value}" if not isinstance(value, bool) else "") for name, value in self.levers.items()
-              if value is True or (not isinstance(value, bool) and value and value != MANUAL.get(name))]
+        on = []  # switches that are on, and settings that differ from their manual value
+        for name, value in self.levers.items():
+            if value is True or (not isinstance(value, bool) and value != MANUAL.get(name)):
+                on.append(name.replace("_", " ") + ("" if isinstance(value, bool) else f" {value}"))
         head = f"speed auto: micro batch {self.micro_batch} x grad_accum {self.grad_accum}; " + (", ".join(on) if on else "no extra levers")
         return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
 
