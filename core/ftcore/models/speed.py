@@ -23,6 +23,8 @@ from typing import Any
 #: The model levers, with their value where nothing chooses them (``speed: manual`` and CPU runs).
 MANUAL = {"gradient_checkpointing": True, "offload_activations": False, "offload_embeddings": False, "fused_lora": False, "compile": False, "fp8_base": False,
           "compile_memory_budget": 1.0, "mlp_chunk_tokens": 0}
+#: Levers ``auto`` leaves at their manual value unless the recipe sets them (they change the numbers).
+NEVER_CHOSEN = frozenset({"fp8_base"})
 #: Tokens per MLP slice ``auto`` picks when a sample does not fit even with its layer inputs in CPU memory.
 MLP_CHUNK = 8192
 #: The compiled layers' activation memory budget ``auto`` lowers to when that lets a step skip
@@ -256,7 +258,7 @@ def resolve(recipe: Any, model: Any, row_lengths: Any, trains_base: bool, device
 def describe(data: dict[str, Any]) -> str:
     """One line for ``run --dry-run``: the levers the recipe sets and those ``auto`` will choose."""
     levers = {**{k: data["model"].get(k) for k in MANUAL}, "micro_batch": data["train"].get("micro_batch")}
-    open_ = [k for k, v in levers.items() if v is None]
+    open_ = [k for k, v in levers.items() if v is None and k not in NEVER_CHOSEN]
     set_ = [f"{k}={v}" for k, v in levers.items() if v is not None]
     mode = data.get("speed", "auto")
     if mode == "auto" and open_:
