@@ -116,3 +116,17 @@ def test_quickstart_learns_with_the_fp8_base(tmp_path) -> None:
 
     losses = [json.loads(line)["loss"] for line in (tmp_path / "q" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_gpu_without_fp8_products_is_refused_with_what_to_do(monkeypatch) -> None:
+    from ftcore.errors import FtcoreError
+    from ftcore.models.fp8 import check_device
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(FtcoreError) as err:
+        check_device(torch.device("cuda", 0))
+    assert "A100" in str(err.value) and "8.9" in str(err.value) and err.value.where == "model.fp8_base"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_device(torch.device("cuda", 0))  # Hopper: fine
+    check_device(torch.device("cpu"))  # the CPU runs the products too

@@ -109,6 +109,10 @@ class Run:
         seed_everything(train_cfg["seed"])
         self.precision = resolve_precision(train_cfg["precision"], resolve_device(train_cfg["device"]))
         strategy = make_strategy(recipe, parts, self.precision)
+        if model_cfg.get("fp8_base"):  # a GPU without FP8 products is refused before anything loads
+            from ..models.fp8 import check_device
+
+            check_device(strategy.device)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and recipe["strategy"]["name"] == "single":
             raise FtcoreError("strategy single cannot run in several processes", where="strategy.name", hint="use strategy.name=ddp or a ZeRO strategy (zero2, zero3, ...)")
         strategy.setup()
