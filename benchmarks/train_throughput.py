@@ -552,35 +552,42 @@ def check_varlen() -> float:
     return rel
 
 
-def check_offload() -> float:
-    """Checkpointed LoRA training with layer inputs and embeddings in CPU memory (side-stream copies,
-    prefetch) against plain checkpointing on the GPU: loss and gradients, bf16, dropout on."""
+def lora_loss_and_grads(cfg, tokens: int, model_cfg: dict, r: int, dropout: float, ids_on_cpu: bool = False):
+    """One forward/backward of a random bf16 Llama of ``cfg`` with LoRA (rank ``r``, every B drawn at random so
+    each adapter path is live), prepared on the GPU with ``model_cfg``, on ``tokens`` fixed random ids (kept in
+    CPU memory with ``ids_on_cpu``, as offloaded embeddings take them): the summed loss and the adapter
+    gradients, flattened."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from ftcore.models.plan import prepare_for_training
     from ftcore.train.objective import loss_sum
 
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16)
+    adapter = {"kind": "lora", "r": r, "alpha": 16, "dropout": dropout, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
+    model = prepare_for_training(model, {"quantization": "none", "chunked_loss": True, **model_cfg}, adapter).model
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(3, cfg.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids if ids_on_cpu else ids.cuda(), "labels": ids.cuda(), "position_ids": torch.arange(tokens)[None].cuda()}
+    torch.manual_seed(1)  # the dropout masks
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, _ = loss_sum(model, batch)
+    loss.backward()
+    return float(loss), torch.cat([p.grad.float().flatten() for p in model.parameters() if p.requires_grad])
+
+
+def check_offload() -> float:
+    """Checkpointed LoRA training with layer inputs and embeddings in CPU memory (side-stream copies,
+    prefetch) against plain checkpointing on the GPU: loss and gradients, bf16, dropout on."""
+    from transformers import LlamaConfig
+
     cfg = LlamaConfig(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1024, vocab_size=1000)
-    ids = torch.randint(3, 1000, (1, 1024), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(1024)[None]}
-    results = []
-    for offload in (False, True):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16)
-        model_cfg = {"quantization": "none", "gradient_checkpointing": True, "offload_activations": offload, "offload_embeddings": offload, "chunked_loss": True}
-        adapter = {"kind": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
-        model = prepare_for_training(model, model_cfg, adapter).model
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.02)
-        inputs = {k: v if (offload and k == "input_ids") else v.cuda() for k, v in batch.items()}
-        torch.manual_seed(1)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = loss_sum(model, inputs)
-        loss.backward()
-        results.append((float(loss), torch.cat([p.grad.float().flatten() for p in model.parameters() if p.requires_grad])))
-    (loss, grads), (off_loss, off_grads) = results
+    (loss, grads), (off_loss, off_grads) = (
+        lora_loss_and_grads(cfg, 1024, {"gradient_checkpointing": True, "offload_activations": off, "offload_embeddings": off}, 8, 0.1, ids_on_cpu=off)
+        for off in (False, True))
     rel = float((off_grads - grads).norm() / grads.norm())
     print(f"offload check: loss {loss:.4f} vs offloaded {off_loss:.4f}; gradient relative difference {rel:.2e}", flush=True)
     return rel
@@ -590,32 +597,13 @@ def check_fp8() -> float:
     """LoRA on a frozen bf16 base with the base's products in FP8 (model.fp8_base) against bf16: loss and
     adapter gradients on one batch, two layers of the 1.8B shape (hidden 2048, MLP 8192)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from ftcore.models.plan import prepare_for_training
-    from ftcore.train.objective import loss_sum
+    from transformers import LlamaConfig
 
     cfg = LlamaConfig(hidden_size=2048, num_hidden_layers=2, num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192, vocab_size=1000)
-    ids = torch.randint(3, 1000, (1, 2048), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids.cuda(), "labels": ids.cuda(), "position_ids": torch.arange(2048)[None].cuda()}
-    results = []
-    for fp8 in (False, True):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16)
-        model_cfg = {"quantization": "none", "gradient_checkpointing": False, "chunked_loss": True, "fp8_base": fp8}
-        adapter = {"kind": "lora", "r": 64, "alpha": 16, "dropout": 0.0, "targets": "all-linear", "modules_to_save": None, "bias": "none"}
-        model = prepare_for_training(model, model_cfg, adapter).model
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.02)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = loss_sum(model, batch)
-        loss.backward()
-        results.append((float(loss) / 2047, torch.cat([p.grad.float().flatten() for p in model.parameters() if p.requires_grad])))
-    (loss, grads), (fp8_loss, fp8_grads) = results
+    (loss, grads), (fp8_loss, fp8_grads) = (lora_loss_and_grads(cfg, 2048, {"gradient_checkpointing": False, "fp8_base": fp8}, 64, 0.0) for fp8 in (False, True))
     rel = float((fp8_grads - grads).norm() / grads.norm())
     cos = float(torch.nn.functional.cosine_similarity(fp8_grads, grads, dim=0))
-    print(f"fp8 check: mean loss bf16 {loss:.5f} vs fp8 base {fp8_loss:.5f}; adapter gradient relative difference {rel:.2e}, cosine {cos:.5f}", flush=True)
+    print(f"fp8 check: mean loss bf16 {loss / 2047:.5f} vs fp8 base {fp8_loss / 2047:.5f}; adapter gradient relative difference {rel:.2e}, cosine {cos:.5f}", flush=True)
     return rel
 
 

@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "yaml_files": ".parts",
     # part base classes and what they are handed
     "ModelBuilder": ".models.builder", "HFBuilder": ".models.hf", "TrainingPlan": ".models.plan", "finish_plan": ".models.plan", "IGNORE": ".data",
-    "lora_targets": ".models.loading", "HEADS": ".models.hf", "install_loss_head": ".models.loss_head",
+    "lora_targets": ".models.loading", "decoder_layers": ".models.loading", "HEADS": ".models.hf", "install_loss_head": ".models.loss_head",
     "AdapterKind": ".models.adapters", "LoRA": ".models.adapters", "adam_kwargs": ".train.optim",
     "Strategy": ".train.strategy", "SingleStrategy": ".train.strategy", "DDPStrategy": ".train.strategy",
     "TrainingHook": ".train.hooks", "RunContext": ".train.context",

@@ -9,6 +9,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import replay
+from .loading import decoder_layers
 from .replay import replaying
 
 
@@ -38,11 +39,9 @@ def _replayed_slices(forward: Any, parts: tuple[torch.Tensor, ...]) -> list[torc
 
 def chunk_mlps(model: Any, tokens: int) -> int:
     """Give the ``mlp`` of every decoder layer of ``model`` the sliced forward, ``tokens`` per slice; returns how many."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kinds = set(getattr(base, "_no_split_modules", None) or ())
     count = 0
-    for layer in model.modules():
-        mlp = getattr(layer, "mlp", None) if type(layer).__name__ in kinds else None
+    for layer in decoder_layers(model):
+        mlp = getattr(layer, "mlp", None)
         if isinstance(mlp, torch.nn.Module) and not hasattr(mlp, "_ftcore_mlp_forward"):
             mlp._ftcore_mlp_forward, mlp._ftcore_mlp_chunk = mlp.forward, tokens
             mlp.forward = MethodType(_chunked_forward, mlp)

@@ -108,6 +108,13 @@ def lora_targets(model: Any, targets: Any) -> Any:
 COMPILE_OPTIONS: dict[str, Any] = {"dynamic": True}
 
 
+def decoder_layers(model: Any) -> list[Any]:
+    """The model's repeated blocks (the classes its ``_no_split_modules`` names), under any peft wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kinds = set(getattr(base, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in kinds]
+
+
 def compile_layers(model: Any, memory_budget: float = 1.0) -> int:
     """``torch.compile`` every decoder layer in place (regional compilation: the layers share one
     compiled graph, so compiling costs one layer's time, not the model's). Returns how many.
@@ -115,10 +122,9 @@ def compile_layers(model: Any, memory_budget: float = 1.0) -> int:
     (the compiler recomputes the cheapest of the rest in backward; it applies process-wide)."""
     import torch._functorch.config as functorch_config
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kinds = set(getattr(base, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in kinds]
+    layers = decoder_layers(model)
     if not layers:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
         raise FtcoreError(
             f"model.compile: cannot find the decoder layers of {type(base).__name__} (it names none in _no_split_modules)",
             where="model.compile",

@@ -16,17 +16,10 @@ import contextlib
 from pathlib import Path
 from typing import Annotated, Any, Iterator
 
-from ftcore.api import DDPStrategy, FtcoreError, Option, Problem, ValidationError
+from ftcore.api import DDPStrategy, FtcoreError, Option, Problem, ValidationError, decoder_layers
 
 STATE_DIR = "fsdp"
 SCHEDULER_FILE = "scheduler.pt"
-
-
-def decoder_layers(model: Any) -> list[Any]:
-    """The model's repeated blocks (the classes its ``_no_split_modules`` names), each sharded on its own."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kinds = set(getattr(base, "_no_split_modules", None) or ())
-    return [m for m in model.modules() if type(m).__name__ in kinds]
 
 
 def refusals(recipe: Any, precision: str, offload_params: bool, device: Any) -> list[tuple[str, str, str]]:
