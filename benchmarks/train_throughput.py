@@ -628,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=131072)
     p.add_argument("--cap-gib", type=float, default=0, help="cap each case's GPU memory at this many GiB (torch.cuda.set_per_process_memory_fraction); 0: none")
     p.add_argument("--auto-tokens", type=int, default=50_000_000, help="+auto: the length of the run speed auto plans for (compile pays off on long runs)")
+    p.add_argument("--case-timeout", type=float, default=0, help="give up on a case after this many seconds; 0: never")
     p.add_argument("--json", help="append results as JSON lines to this file")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of two more steps per case")
     p.add_argument("--trace-dir", help="with --profile: write each case's chrome trace (gzipped) here")
@@ -654,7 +655,12 @@ def main() -> None:
     for case in args.cases.split(","):
         cmd = [sys.executable, __file__, "--case", case, "--checkpoint", str(ckpt), *[a for a in passthrough if a != args.cases]]
         t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout or None,
+                                  env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+        except subprocess.TimeoutExpired:
+            print(f"{case}: TIMED OUT after {args.case_timeout} s", flush=True)
+            continue
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             print(f"{case}: FAILED ({proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
